@@ -1,0 +1,33 @@
+"""Shared fixtures. Fixtures build real things (files, repos, servers), not patches."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(p for p in ROOT.glob("[0-9]_*.ipynb"))
+
+# Notebook kernels started by papermill must import this checkout's replab.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable
+
+
+def basic(site: str = "CHI@UC", **extra) -> dict:
+    """A valid Basic-mode answer set for ``site``."""
+    d = {"experiment": "exp1", "repository": "https://github.com/acme/proj.git",
+         "frameworks": ["pytorch"], "site": site}
+    d.update(extra)
+    return d
