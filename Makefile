@@ -1,0 +1,42 @@
+# replab: the two commands a fresh machine needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install demo test lint sync lock clean
+
+help:
+	@echo "make demo   - create .venv, install, run the notebook series on site=local"
+	@echo "make test   - create .venv, install, run the whole test suite"
+	@echo "make lint   - ruff over lib, tests, bench, examples"
+	@echo "make sync   - re-pair every notebook (.py <-> .ipynb) with jupytext"
+	@echo "make lock   - regenerate constraints.txt from the installed .venv"
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/replab demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check lib tests bench examples
+
+sync: install
+	$(BIN)/jupytext --sync [0-9]_*.py
+
+lock: install
+	{ echo "# Every package of the tested environment, exact versions (pip freeze of a working install)."; \
+	  echo "# requirements.txt applies it with -c; regenerate with: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^replab'; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
