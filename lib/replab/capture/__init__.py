@@ -1,0 +1,234 @@
+"""Environment capture: a registry of small named functions whose union is the run manifest.
+
+Each capture function (``@capture("git")``) returns JSON-able data about one layer of the
+environment, or raises :class:`Skip` when that layer does not apply here (not a git repository,
+no GPU framework loaded). :func:`collect` calls them in registration order and never raises
+into the user's run: any other exception is logged and recorded under ``errors``.
+
+This module runs inside training code, so it stays light: only the standard library at import
+time; frameworks (torch, tensorflow) are looked at only when already in ``sys.modules``, and
+optional libraries (pynvml, amdsmi) are imported inside the capture that needs them.
+
+Manifest (schema version 1)::
+
+    {"schema_version": 1, "replab_version": "...", "created_at": "2025-01-01T00:00:00.000Z",
+     "captures": {name: data}, "skipped": {name: reason}, "errors": {name: "Type: message"},
+     "timings_ms": {name: ms}, "attachments": {filename: {"capture", "bytes", "sha256"}}}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import PurePath
+from typing import Any
+
+from replab.errors import ReplabError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+CaptureFn = Callable[..., Any]
+_REGISTRY: dict[str, CaptureFn] = {}
+
+
+class Skip(Exception):
+    """Raised by a capture function when its layer does not apply here; the message says why."""
+
+
+class DuplicateCaptureError(ReplabError, ValueError):
+    """A capture name was registered twice."""
+
+
+class Context:
+    """What a capture function receives: the options given to :func:`collect`, a cache shared
+    between captures of one manifest, and a place to put big attachments."""
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        self.options: dict[str, Any] = dict(options or {})
+        self.cache: dict[str, Any] = {}
+        self.attachments: dict[str, dict[str, Any]] = {}
+        self.current: str | None = None
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """The option ``name``, or ``default`` when it is absent or None."""
+        value = self.options.get(name)
+        return default if value is None else value
+
+    @property
+    def repo(self) -> str:
+        """The directory the run belongs to (option ``repo``, else the working directory)."""
+        return os.path.abspath(os.fspath(self.options.get("repo") or os.getcwd()))
+
+    def attach(self, filename: str, data: str | bytes) -> str | None:
+        """Write ``data`` as ``filename`` under the ``artifacts_dir`` option and record it.
+
+        Returns the file name, or None when no ``artifacts_dir`` was given. Raises OSError
+        when the file cannot be written (the calling capture records it).
+        """
+        directory = self.options.get("artifacts_dir")
+        if not directory:
+            return None
+        raw = data.encode("utf-8", "replace") if isinstance(data, str) else bytes(data)
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, filename), "wb") as fh:
+            fh.write(raw)
+        self.attachments[filename] = {
+            "capture": self.current,
+            "bytes": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+        }
+        return filename
+
+
+def capture(name: str, *, replace: bool = False) -> Callable[[CaptureFn], CaptureFn]:
+    """Decorator registering a capture function under ``name``.
+
+    The function takes the :class:`Context` (or nothing) and returns JSON-able data or raises
+    :class:`Skip`. Raises DuplicateCaptureError when ``name`` is taken and ``replace`` is false.
+    """
+
+    def register(fn: CaptureFn) -> CaptureFn:
+        if name in _REGISTRY and not replace:
+            raise DuplicateCaptureError(f"a capture named {name!r} is already registered "
+                                        f"({_qualname(_REGISTRY[name])})")
+        _REGISTRY[name] = fn
+        return fn
+
+    return register
+
+
+def unregister(name: str) -> bool:
+    """Remove the capture ``name``; returns whether it was registered."""
+    return _REGISTRY.pop(name, None) is not None
+
+
+def names() -> list[str]:
+    """The registered capture names, in the order :func:`collect` runs them."""
+    return list(_REGISTRY)
+
+
+def _qualname(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _wants_context(fn: CaptureFn) -> bool:
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a callable object: give it the context
+        return True
+    args = code.co_argcount - (1 if hasattr(fn, "__self__") else 0)
+    return args > 0 or bool(code.co_flags & 0x04)  # 0x04: *args
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serializable")
+
+
+def _as_json(data: Any) -> Any:
+    """``data`` as it reads back from JSON (tuples become lists); raises TypeError/ValueError."""
+    return json.loads(json.dumps(data, default=_json_default, allow_nan=False))
+
+
+def _now_iso() -> str:
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def collect(names: Iterable[str] | None = None, **options: Any) -> dict[str, Any]:
+    """Run the captures (all, or those in ``names``) and return the manifest. Never raises.
+
+    Options (all optional): ``repo`` (path, default the working directory); ``artifacts_dir``
+    (where attachments go: ``nvidia-smi -q`` text, a diff too big for the manifest);
+    ``nvidia_smi`` (run ``nvidia-smi -q``; default: when ``artifacts_dir`` is given);
+    ``seeds``; ``inputs`` (paths/URIs, or ``{name: path}``) and ``inputs_hash_max_bytes``;
+    ``command`` (the ``replab run`` command line); ``notebook_path`` and ``parameters``;
+    ``env_allow`` (extra variable names, or prefixes ending in ``*``); the git caps
+    ``untracked_max_bytes`` (64 KiB), ``untracked_total_bytes`` (1 MiB),
+    ``untracked_max_files`` (1000), ``untracked_hash_max_bytes`` (256 MiB),
+    ``diff_max_bytes`` (32 MiB); ``notebook_source_max_bytes`` (1 MiB). Unknown capture
+    names are recorded in ``errors``.
+    """
+    from replab import __version__
+
+    ctx = Context(options)
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "replab_version": __version__,
+        "created_at": _now_iso(),
+        "captures": {},
+        "skipped": {},
+        "errors": {},
+        "timings_ms": {},
+        "attachments": ctx.attachments,
+    }
+    if isinstance(names, str):
+        names = [names]
+    selected = list(_REGISTRY) if names is None else list(dict.fromkeys(names))
+    for name in selected:
+        ctx.current = name
+        start = time.perf_counter()
+        try:
+            fn = _REGISTRY.get(name)
+            if fn is None:
+                raise LookupError(f"no capture named {name!r}; have: {', '.join(_REGISTRY)}")
+            data = fn(ctx) if _wants_context(fn) else fn()
+            manifest["captures"][name] = _as_json(data)
+        except Skip as skip:
+            manifest["skipped"][name] = str(skip) or "not applicable"
+            log.debug("capture %s skipped: %s", name, skip)
+        except Exception as exc:  # a capture must never kill the run
+            manifest["errors"][name] = f"{type(exc).__name__}: {exc}"
+            log.warning("capture %s failed: %s: %s", name, type(exc).__name__, exc)
+            log.debug("capture %s traceback", name, exc_info=True)
+        finally:
+            manifest["timings_ms"][name] = round((time.perf_counter() - start) * 1000, 3)
+    ctx.current = None
+    return manifest
+
+
+def manifest_json(manifest: Mapping[str, Any], indent: int | None = None) -> str:
+    """The manifest as JSON text: sorted keys, fixed separators, so equal manifests give equal
+    text. Raises TypeError/ValueError for data that is not JSON-able."""
+    separators = (",", ":") if indent is None else (",", ": ")
+    return json.dumps(manifest, sort_keys=True, indent=indent, separators=separators,
+                      ensure_ascii=False, allow_nan=False, default=_json_default)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``replab capture``: print the manifest as JSON; returns the exit status."""
+    from replab.capture.__main__ import main as _main
+
+    return _main(argv)
+
+
+# The built-in captures register themselves when imported; this order is the manifest's.
+# isort: off
+from replab.capture import git  # noqa: E402
+from replab.capture import python  # noqa: E402
+from replab.capture import packages  # noqa: E402
+from replab.capture import system  # noqa: E402
+from replab.capture import gpu  # noqa: E402
+from replab.capture import container  # noqa: E402
+from replab.capture import determinism  # noqa: E402
+from replab.capture import envvars  # noqa: E402
+from replab.capture import entrypoint  # noqa: E402
+from replab.capture import inputs  # noqa: E402
+# isort: on
+from replab.capture.packages import lock_hash  # noqa: E402
+
+__all__ = [
+    "SCHEMA_VERSION", "Context", "DuplicateCaptureError", "Skip", "capture", "collect",
+    "lock_hash", "main", "manifest_json", "names", "unregister",
+    "container", "determinism", "entrypoint", "envvars", "git", "gpu", "inputs", "packages",
+    "python", "system",
+]

@@ -1,0 +1,253 @@
+"""The ``git`` capture: commit, branch, remote, and everything a replay needs to rebuild the
+working tree (the diff against HEAD and the untracked files).
+
+Three git calls on a clean tree (rev-parse, status, config) and a fourth (diff) when tracked
+files changed. ``GIT_OPTIONAL_LOCKS=0`` keeps ``git status`` from taking the index lock, so a
+capture never races the user's own git commands.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+from replab.capture import Context, Skip, capture
+from replab.capture._util import run, sha256_file
+from replab.redact import secret_file, strip_url_credentials
+
+log = logging.getLogger(__name__)
+
+UNTRACKED_MAX_BYTES = 64 * 1024  # inline an untracked text file up to this size...
+UNTRACKED_TOTAL_BYTES = 1024 * 1024  # ...while the inlined total stays under this
+UNTRACKED_MAX_FILES = 1000  # list at most this many untracked files
+UNTRACKED_HASH_MAX_BYTES = 256 * 1024 * 1024  # hash untracked files up to this size
+DIFF_MAX_BYTES = 32 * 1024 * 1024  # a bigger diff goes to an attachment, not the manifest
+
+_DIFF_ARGS = ["diff", "--binary", "--no-color", "--no-ext-diff", "--no-textconv",
+              "--src-prefix=a/", "--dst-prefix=b/"]
+
+
+class GitError(RuntimeError):
+    """A git command failed for a reason other than 'not a repository'."""
+
+
+def _git_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["GIT_OPTIONAL_LOCKS"] = "0"
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    return env
+
+
+def git(args: list[str], cwd: str, ok_codes: tuple[int, ...] = (0,)) -> bytes:
+    """Run ``git args`` in ``cwd`` and return stdout. Raises Skip when git is not installed,
+    GitError on an unexpected exit status."""
+    try:
+        proc = run(["git", *args], cwd=cwd, env=_git_env())
+    except FileNotFoundError as exc:
+        raise Skip("git is not installed") from exc
+    if proc.returncode not in ok_codes:
+        message = proc.stderr.decode("utf-8", "replace").strip()
+        raise GitError(f"git {args[0]} exited {proc.returncode}: {message}")
+    return proc.stdout
+
+
+def toplevel(path: str) -> str:
+    """The root of the work tree containing ``path``. Raises Skip outside a repository,
+    FileNotFoundError when ``path`` does not exist."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"repository path {path} does not exist")
+    try:
+        out = git(["rev-parse", "--show-toplevel"], cwd=path)
+    except GitError as exc:
+        text = str(exc).lower()
+        if "not a git repository" in text or "must be run in a work tree" in text:
+            raise Skip(f"{path} is not inside a git work tree") from None
+        raise
+    return os.fsdecode(out.rstrip(b"\n"))
+
+
+@dataclass
+class Status:
+    """``git status --porcelain=v2 --branch -z``, parsed."""
+
+    commit: str | None = None
+    branch: str | None = None
+    detached: bool = False
+    upstream: str | None = None
+    staged: int = 0
+    unstaged: int = 0
+    unmerged: int = 0
+    untracked: list[str] = field(default_factory=list)
+
+
+def parse_status(raw: bytes) -> Status:
+    """Parse porcelain v2 output (``-z``, with ``--branch``). Pure; raises nothing."""
+    status = Status()
+    tokens = raw.split(b"\0")
+    i = 0
+    while i < len(tokens):
+        token = os.fsdecode(tokens[i])
+        i += 1
+        if not token:
+            continue
+        kind = token[0]
+        if kind == "#":
+            parts = token.split(" ", 2)
+            key, value = (parts[1], parts[2]) if len(parts) == 3 else (parts[-1], "")
+            if key == "branch.oid":
+                status.commit = None if value == "(initial)" else value
+            elif key == "branch.head":
+                status.detached = value == "(detached)"
+                status.branch = None if status.detached else value
+            elif key == "branch.upstream":
+                status.upstream = value
+        elif kind in "12":
+            xy = token[2:4]
+            status.staged += xy[0] != "."
+            status.unstaged += xy[1] != "."
+            if kind == "2":
+                i += 1  # a rename or copy: the original path follows as its own token
+        elif kind == "u":
+            status.unmerged += 1
+        elif kind == "?":
+            status.untracked.append(token[2:])
+    return status
+
+
+def parse_remotes(raw: bytes) -> dict[str, str]:
+    """``git config --get-regexp ^remote\\..*\\.url$`` output -> {name: url without
+    credentials}. Pure."""
+    remotes: dict[str, str] = {}
+    for line in raw.decode("utf-8", "replace").splitlines():
+        key, _, url = line.partition(" ")
+        if key.startswith("remote.") and key.endswith(".url"):
+            remotes[key[len("remote."):-len(".url")]] = strip_url_credentials(url.strip())
+    return remotes
+
+
+def _pick_remote(remotes: dict[str, str], upstream: str | None) -> str | None:
+    if upstream:
+        for name in sorted(remotes, key=len, reverse=True):  # longest match: "my/fork/main"
+            if upstream.startswith(name + "/"):
+                return name
+    if "origin" in remotes:
+        return "origin"
+    return min(remotes) if remotes else None
+
+
+def _diff(ctx: Context, root: str, commit: str | None) -> dict[str, Any]:
+    if commit is None:  # no commits yet: diff against the empty tree
+        base = git(["hash-object", "-t", "tree", "--stdin"], cwd=root).decode().strip()
+    else:
+        base = "HEAD"
+    raw = git([*_DIFF_ARGS, base], cwd=root)
+    out: dict[str, Any] = {"diff_sha256": hashlib.sha256(raw).hexdigest(), "diff_bytes": len(raw)}
+    if len(raw) > int(ctx.option("diff_max_bytes", DIFF_MAX_BYTES)):
+        out["diff"] = None
+        out["diff_attachment"] = ctx.attach("git-diff.patch", raw)
+        log.info("git diff is %d bytes: kept out of the manifest", len(raw))
+        return out
+    try:
+        out["diff"] = raw.decode("utf-8")
+    except UnicodeDecodeError:  # a text file in another encoding: keep the exact bytes
+        out["diff"] = None
+        out["diff_base64"] = base64.b64encode(raw).decode("ascii")
+    return out
+
+
+def _is_text(data: bytes) -> str | None:
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def untracked_files(ctx: Context, root: str, paths: list[str]) -> dict[str, Any]:
+    """Sizes, sha256 and (for small text files, within the caps) the content of the
+    untracked files ``paths`` (relative to ``root``). Unreadable files are listed with the
+    reason; raises nothing for them."""
+    per_file = int(ctx.option("untracked_max_bytes", UNTRACKED_MAX_BYTES))
+    total_cap = int(ctx.option("untracked_total_bytes", UNTRACKED_TOTAL_BYTES))
+    max_files = int(ctx.option("untracked_max_files", UNTRACKED_MAX_FILES))
+    hash_cap = int(ctx.option("untracked_hash_max_bytes", UNTRACKED_HASH_MAX_BYTES))
+    files: list[dict[str, Any]] = []
+    inlined = 0
+    for rel in sorted(paths)[:max_files]:
+        full = os.path.join(root, rel)
+        entry: dict[str, Any] = {"path": rel}
+        files.append(entry)
+        try:
+            info = os.lstat(full)
+            entry["size"] = info.st_size
+            if stat.S_ISLNK(info.st_mode):
+                entry["symlink"] = os.readlink(full)
+                continue
+            if info.st_size > hash_cap:
+                entry["sha256"] = None
+                entry["omitted"] = f"larger than {hash_cap} bytes: not hashed"
+                continue
+            if info.st_size > per_file:
+                entry["sha256"] = sha256_file(full)
+                entry["omitted"] = f"larger than {per_file} bytes"
+                continue
+            with open(full, "rb") as fh:
+                data = fh.read()
+            entry["sha256"] = hashlib.sha256(data).hexdigest()
+            text = _is_text(data)
+            if text is None:
+                entry["omitted"] = "binary"
+            elif secret_file(rel, text):
+                entry["omitted"] = "may hold a secret"
+            elif inlined + len(data) > total_cap:
+                entry["omitted"] = f"total inlined size would pass {total_cap} bytes"
+            else:
+                entry["content"] = text
+                inlined += len(data)
+        except OSError as exc:
+            entry["error"] = f"{type(exc).__name__}: {exc.strerror or exc}"
+    return {
+        "untracked": files,
+        "untracked_count": len(paths),
+        "untracked_truncated": len(paths) > max_files,
+        "untracked_inlined_bytes": inlined,
+    }
+
+
+@capture("git")
+def git_info(ctx: Context) -> dict[str, Any]:
+    """Commit, branch, remote and working-tree changes of the repository holding
+    ``ctx.repo``. Raises Skip outside a git work tree or without git."""
+    root = toplevel(ctx.repo)
+    ctx.cache["git_root"] = root
+    status = parse_status(git(
+        ["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all"], cwd=root))
+    remotes = parse_remotes(git(
+        ["config", "--get-regexp", r"^remote\..*\.url$"], cwd=root, ok_codes=(0, 1)))
+    remote = _pick_remote(remotes, status.upstream)
+    tracked_changes = status.staged + status.unstaged + status.unmerged
+    info: dict[str, Any] = {
+        "root": root,
+        "commit": status.commit,
+        "branch": status.branch,
+        "detached": status.detached,
+        "empty": status.commit is None,
+        "upstream": status.upstream,
+        "remote": remote,
+        "remote_url": remotes.get(remote) if remote else None,
+        "remotes": remotes,
+        "dirty": bool(tracked_changes or status.untracked),
+        "changes": {"staged": status.staged, "unstaged": status.unstaged,
+                    "unmerged": status.unmerged, "untracked": len(status.untracked)},
+        "diff": "",
+    }
+    if tracked_changes:
+        info.update(_diff(ctx, root, status.commit))
+    info.update(untracked_files(ctx, root, status.untracked))
+    return info

@@ -1,0 +1,194 @@
+"""The ``packages`` capture: every installed distribution, and a pip-installable lock.
+
+Read through ``importlib.metadata`` (no ``pip freeze`` subprocess). Only the header of each
+``METADATA`` file is parsed, which is several times faster than the email parser behind
+``Distribution.metadata``. Installs from a directory, an archive or a VCS are recorded with
+their source from ``direct_url.json`` (PEP 610), so the lock reinstalls them as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from replab.capture import capture
+from replab.capture.python import conda_env
+from replab.redact import strip_url_credentials
+
+if TYPE_CHECKING:
+    import importlib.metadata as md
+
+log = logging.getLogger(__name__)
+
+_NORMALIZE = re.compile(r"[-_.]+")
+
+
+def normalize(name: str) -> str:
+    """The PEP 503 normalized form of a distribution name."""
+    return _NORMALIZE.sub("-", name).lower()
+
+
+def _header(dist: md.Distribution) -> tuple[str | None, str | None]:
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    name = version = None
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        if key == "name" and name is None:
+            name = value.strip()
+        elif key == "version" and version is None:
+            version = value.strip()
+        if name and version:
+            break
+    return name, version
+
+
+def _direct_url(dist: md.Distribution) -> dict[str, Any] | None:
+    text = dist.read_text("direct_url.json")
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        log.debug("unreadable direct_url.json in %s", dist)
+        return None
+    if isinstance(data, dict) and isinstance(data.get("url"), str):
+        data["url"] = strip_url_credentials(data["url"])
+        return data
+    return None
+
+
+def requirement(name: str, version: str, direct_url: Mapping[str, Any] | None) -> str:
+    """The lock line for one distribution: ``name==version``, ``name @ url`` for a local or
+    archive install, ``name @ git+url@commit`` for a VCS install, ``-e name @ url`` for an
+    editable one. Pure."""
+    if not direct_url:
+        return f"{name}=={version}"
+    url = direct_url.get("url", "")
+    fragment = ""
+    if direct_url.get("subdirectory"):
+        fragment = f"#subdirectory={direct_url['subdirectory']}"
+    vcs = direct_url.get("vcs_info")
+    if isinstance(vcs, Mapping):
+        kind = vcs.get("vcs", "git")
+        prefix = "" if url.startswith(f"{kind}+") else f"{kind}+"
+        ref = vcs.get("commit_id") or vcs.get("requested_revision")
+        line = f"{name} @ {prefix}{url}{'@' + ref if ref else ''}{fragment}"
+    elif isinstance(direct_url.get("dir_info"), Mapping):
+        line = f"{name} @ {url}{fragment}"
+        if direct_url["dir_info"].get("editable"):
+            line = f"-e {line}"
+    else:
+        archive = direct_url.get("archive_info")
+        digest = ""
+        if isinstance(archive, Mapping):
+            hashes = archive.get("hashes") or {}
+            if "sha256" in hashes:
+                digest = f"sha256={hashes['sha256']}"
+            elif isinstance(archive.get("hash"), str):
+                digest = archive["hash"]
+        if digest and not fragment:
+            fragment = f"#{digest}"
+        line = f"{name} @ {url}{fragment}"
+    return line
+
+
+def installed(paths: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The distributions importable from ``paths`` (default ``sys.path``), first one wins per
+    name as for ``importlib``; each ``{"name", "version", "direct_url"}``. Raises nothing for
+    a broken distribution (it is logged and left out)."""
+    import importlib.metadata as md  # here, not at module level: it pulls in email.*
+
+    seen: dict[str, dict[str, Any]] = {}
+    finder = md.distributions(path=list(paths)) if paths is not None else md.distributions()
+    for dist in finder:
+        try:
+            name, version = _header(dist)
+        except OSError as exc:
+            log.debug("cannot read metadata of %s: %s", dist, exc)
+            continue
+        if not name or not version:
+            log.debug("distribution without name or version: %s", dist)
+            continue
+        key = normalize(name)
+        direct_url = _direct_url(dist)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = {"name": name, "version": version, "direct_url": direct_url}
+        elif first["direct_url"] is None and direct_url and first["version"] == version:
+            # e.g. a setuptools *.egg-info left next to the sources of an editable install
+            first["direct_url"] = direct_url
+    return [seen[k] for k in sorted(seen)]
+
+
+def lock_text(dists: Iterable[Mapping[str, Any]]) -> str:
+    """The pip requirements text pinning ``dists`` exactly; one line each, sorted. Pure."""
+    lines = []
+    for dist in sorted(dists, key=lambda d: normalize(d["name"])):
+        line = requirement(dist["name"], dist["version"], dist.get("direct_url"))
+        if dist.get("direct_url"):
+            line += f"  # {dist['name']}=={dist['version']}"
+        lines.append(line)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def lock_hash(lock: str | Mapping[str, Any]) -> str:
+    """sha256 of a lock's requirement lines (comments, blank lines and order ignored).
+
+    ``lock`` is the lock text, the ``packages`` capture, or a whole manifest. Raises
+    ValueError when a mapping holds no lock.
+    """
+    if isinstance(lock, Mapping):
+        data = lock.get("captures", {}).get("packages", lock) if "captures" in lock else lock
+        if not isinstance(data, Mapping) or not isinstance(data.get("lock"), str):
+            raise ValueError("no package lock in this manifest (was 'packages' captured?)")
+        lock = data["lock"]
+    lines = []
+    for line in lock.splitlines():
+        line = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()
+        if line:
+            lines.append(line)
+    return hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
+
+
+def conda_packages(prefix: str) -> list[str]:
+    """``name=version=build`` of each package in a conda prefix, from ``conda-meta`` file
+    names (no JSON parsing). Raises nothing."""
+    try:
+        entries = os.listdir(os.path.join(prefix, "conda-meta"))
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        if entry.endswith(".json") and entry.count("-") >= 2:
+            name, version, build = entry[:-len(".json")].rsplit("-", 2)
+            out.append(f"{name}={version}={build}")
+    return sorted(out)
+
+
+@capture("packages")
+def packages_info() -> dict[str, Any]:
+    """Installed distributions, their lock text and its hash, and the conda environment."""
+    dists = installed()
+    lock = lock_text(dists)
+    conda = conda_env()
+    info: dict[str, Any] = {
+        "count": len(dists),
+        "versions": {d["name"]: d["version"] for d in dists},
+        "sources": {d["name"]: d["direct_url"] for d in dists if d["direct_url"]},
+        "editable": sorted(d["name"] for d in dists
+                           if (d["direct_url"] or {}).get("dir_info", {}).get("editable")),
+        "lock": lock,
+        "lock_hash": lock_hash(lock),
+        "conda": conda,
+    }
+    if conda:
+        info["conda_packages"] = conda_packages(conda["prefix"])
+    return info
