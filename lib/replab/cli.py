@@ -64,6 +64,26 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from . import runner
+
+    command = list(args.command_argv)
+    if command and command[0] == "--":
+        command = command[1:]
+    params = {}
+    for item in args.param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError([("--param", f"{item!r} is not NAME=VALUE")])
+        params[key] = value
+    result = runner.run_command(command, experiment=args.experiment, params=params,
+                                tracking_uri=args.tracking_uri, seed=args.seed,
+                                autolog=not args.no_autolog, log_models=args.log_models)
+    print(f"replab: run {result.run_id} (experiment {result.experiment_id}) exited with "
+          f"{result.returncode}", file=sys.stderr)
+    return result.returncode
+
+
 def _cmd_capture(args) -> int:
     from . import capture
 
@@ -110,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["check", "show"])
     c.add_argument("path", nargs="?", default="work", help="config.yaml or its work directory")
     c.set_defaults(func=_cmd_config)
+
+    r = sub.add_parser("run", help="track an unmodified program: replab run -- python x.py")
+    r.add_argument("--experiment", "-e", help="MLflow experiment (default: Default)")
+    r.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
+                   help="a parameter to record (repeatable)")
+    r.add_argument("--seed", type=int, help="set PYTHONHASHSEED and REPLAB_SEED for the program")
+    r.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    r.add_argument("--no-autolog", action="store_true", help="do not switch on autologging")
+    r.add_argument("--log-models", action="store_true", help="let autologging save models")
+    r.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    r.set_defaults(func=_cmd_run)
 
     cap = sub.add_parser("capture", help="print the run manifest of this environment",
                          add_help=False)

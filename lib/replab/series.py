@@ -149,8 +149,11 @@ def run_series(
         say(f"[{i}/{len(notebooks)}] {nb.stem} ...")
         t0 = time.monotonic()
         try:
+            # As papermill's CLI --inject-paths: the kernel learns which notebook it runs,
+            # so run manifests record the notebook, not ipykernel.
+            paths = {"PAPERMILL_INPUT_PATH": str(nb), "PAPERMILL_OUTPUT_PATH": str(out)}
             papermill.execute_notebook(
-                str(nb), str(out), parameters=given, cwd=str(Path(root)),
+                str(nb), str(out), parameters={**given, **paths}, cwd=str(Path(root)),
                 kernel_name=kernel_name, progress_bar=False, log_output=False,
             )
         except PapermillExecutionError as exc:

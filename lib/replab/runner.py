@@ -1,0 +1,125 @@
+"""``replab run -- COMMAND``: track an unmodified program.
+
+The parent creates the run and records the manifest with the command as its entrypoint; the
+child (a Python program) attaches to that run through an injected ``sitecustomize`` that
+switches on MLflow autologging, so its own logging and the autologged params/metrics land in
+the same run. Output is shown live and kept as artifacts (with known secret values masked);
+the run's status follows the exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from . import tracking
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+CHILD_DIR = Path(__file__).resolve().parent / "_child"
+STDOUT = "replab/stdout.txt"
+STDERR = "replab/stderr.txt"
+
+
+@dataclass
+class CommandResult:
+    run_id: str
+    experiment_id: str
+    returncode: int
+
+
+def _tee(src: IO[bytes], sinks: list) -> None:
+    for chunk in iter(lambda: src.read1(65536), b""):
+        for sink in sinks:
+            sink.write(chunk)
+            sink.flush()
+
+
+def run_command(
+    command: Sequence[str],
+    *,
+    experiment: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    tracking_uri: str | None = None,
+    cwd: str | os.PathLike | None = None,
+    seed: int | None = None,
+    autolog: bool = True,
+    log_models: bool = False,
+    replay_of: str | None = None,
+    echo: bool = True,
+) -> CommandResult:
+    """Run ``command`` as a tracked MLflow run; returns its run id and exit code.
+
+    Raises ConfigError for an empty command or one that cannot start (the run is then
+    FAILED, with the reason); CloudError when the tracking server is unreachable.
+    """
+    if not command:
+        raise ConfigError([("command", "nothing to run: give it after '--', e.g. "
+                                       "replab run -- python train.py")])
+    from .redact import scrub_text
+
+    cwd = Path(cwd or os.getcwd()).resolve()
+    entry = {"command": list(command)}
+    with tracking.start_run(experiment, params, seed=None, repo=cwd, entrypoint=entry,
+                            replay_of=replay_of, tracking_uri=tracking_uri,
+                            tags={"replab.run.command": " ".join(command)[:5000]}) as run:
+        import mlflow
+
+        env = dict(os.environ)
+        env.update({
+            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+            "MLFLOW_EXPERIMENT_ID": run.experiment_id,
+            "REPLAB_RUN_ID": run.run_id,
+            "REPLAB_AUTOLOG": "1" if autolog else "0",
+            "REPLAB_LOG_MODELS": "1" if log_models else "0",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(CHILD_DIR),
+                                                         env.get("PYTHONPATH")])),
+        })
+        env.pop("MLFLOW_RUN_ID", None)
+        if seed is not None:
+            env["PYTHONHASHSEED"] = str(seed)
+            env["REPLAB_SEED"] = str(seed)
+            run.set_tags({tracking.TAG_SEED: seed})
+        with tempfile.TemporaryDirectory(prefix="replab-run-") as tmp:
+            out_path, err_path = Path(tmp, "stdout.txt"), Path(tmp, "stderr.txt")
+            with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
+                try:
+                    proc = subprocess.Popen(list(command), cwd=cwd, env=env,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                except OSError as exc:
+                    run.end_status = "FAILED"
+                    run.log_text(f"could not start {command[0]!r}: {exc}\n", STDERR)
+                    raise ConfigError([("command", f"cannot run {command[0]!r}: {exc}")]
+                                      ) from exc
+                sinks_out = [out_f] + ([sys.stdout.buffer] if echo else [])
+                sinks_err = [err_f] + ([sys.stderr.buffer] if echo else [])
+                threads = [threading.Thread(target=_tee, args=(proc.stdout, sinks_out)),
+                           threading.Thread(target=_tee, args=(proc.stderr, sinks_err))]
+                for t in threads:
+                    t.start()
+                try:
+                    rc = proc.wait()
+                except KeyboardInterrupt:
+                    proc.terminate()
+                    rc = proc.wait()
+                    run.end_status = "KILLED"
+                for t in threads:
+                    t.join()
+            for path, name in ((out_path, STDOUT), (err_path, STDERR)):
+                text = path.read_bytes().decode("utf-8", "replace")
+                try:
+                    run.log_text(scrub_text(text), name)
+                except Exception as exc:
+                    log.warning("could not keep %s: %s", name, exc)
+        run.log_metrics({"replab.exit_code": rc}, step=0)
+        if rc != 0 and run.end_status is None:
+            run.end_status = "FAILED"
+    return CommandResult(run.run_id, run.experiment_id, rc)

@@ -1,0 +1,409 @@
+"""The run API used inside training code.
+
+``with replab.tracking.start_run(experiment="mnist", params={...}, seed=0) as run:`` starts an
+MLflow run, seeds the random generators, and records the manifest (``replab/manifest.json``),
+the pip lock, the git diff and the untracked-files bundle, plus a few searchable tags.
+``run.log_metrics({...}, step=i)`` buffers points and sends them in batches; everything is
+flushed at exit and on an exception (the run is then FAILED, with the traceback attached).
+
+Tracking never breaks training: capture problems are logged and recorded, not raised. Errors
+that mean no run can be recorded at all (the tracking server is unreachable) are raised
+before training starts, as :class:`~replab.errors.CloudError`, naming the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import CloudError
+
+log = logging.getLogger(__name__)
+
+# Tag keys, declared once (as mlflow's own utils/mlflow_tags.py does).
+TAG_COMMIT = "replab.git.commit"
+TAG_DIRTY = "replab.git.dirty"
+TAG_PYTHON = "replab.python"
+TAG_GPU = "replab.gpu"
+TAG_LOCK_HASH = "replab.lock_hash"
+TAG_MANIFEST_VERSION = "replab.manifest_version"
+TAG_ENTRYPOINT = "replab.entrypoint"
+TAG_ENTRY_KIND = "replab.entrypoint.kind"
+TAG_REPLAY_OF = "replab.replay_of"
+TAG_SEED = "replab.seed"
+TAG_CAPTURE_ERRORS = "replab.capture.errors"
+
+ARTIFACT_DIR = "replab"
+MANIFEST = "replab/manifest.json"
+LOCK = "replab/requirements.lock"
+DIFF = "replab/diff.patch"
+UNTRACKED = "replab/untracked.json"
+TRACEBACK = "replab/traceback.txt"
+
+BATCH = 1000  # MLflow accepts at most 1000 metrics per log_batch
+
+
+class Run:
+    """An active tracked run. Obtain it from :func:`start_run`; use it as MLflow's client."""
+
+    def __init__(self, client, run_id: str, experiment_id: str, batch_size: int = BATCH):
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.batch_size = min(batch_size, BATCH)
+        self.manifest: dict[str, Any] | None = None
+        self.end_status: str | None = None  # set to end the run as FAILED/KILLED without raising
+        self._buffer: list = []
+        self._steps: dict[str, int] = {}
+
+    # -- metrics ---------------------------------------------------------------------------
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None,
+                    timestamp: int | None = None) -> None:
+        """Buffer one point per metric; sent in batches of up to 1000.
+
+        ``step`` defaults to one past the last step logged for each metric.
+        """
+        from mlflow.entities import Metric
+
+        ts = timestamp if timestamp is not None else int(time.time() * 1000)
+        for key, value in metrics.items():
+            s = step if step is not None else self._steps.get(key, -1) + 1
+            self._steps[key] = s
+            self._buffer.append(Metric(key, float(value), ts, s))
+        if len(self._buffer) >= self.batch_size:
+            self.flush()
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        self.log_metrics({key: value}, step=step)
+
+    def flush(self) -> None:
+        """Send every buffered metric point now."""
+        while self._buffer:
+            chunk, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size:]
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+
+    # -- the rest, sent at once ---------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow: at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100], synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        if items:
+            self.client.log_batch(self.run_id, tags=items, synchronous=True)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self.log_text(json.dumps(data, indent=1, sort_keys=True, default=str), artifact_file)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    @property
+    def info(self):
+        return self.client.get_run(self.run_id).info
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:6000]  # MLflow's limit for a param value
+
+
+# -- seeding ---------------------------------------------------------------------------------
+def seed_everything(seed: int) -> dict[str, bool]:
+    """Seed random, numpy and torch (when installed) and TensorFlow (when imported).
+
+    Returns {library: seeded}. PYTHONHASHSEED cannot change inside a running interpreter; it
+    is recorded by the determinism capture, and ``replab run`` sets it for the child.
+    """
+    import importlib.util
+
+    done = {"random": True}
+    random.seed(seed)
+    if importlib.util.find_spec("numpy") is not None:
+        import numpy
+
+        numpy.random.seed(seed)
+        done["numpy"] = True
+    if "torch" in sys.modules or importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+        done["torch"] = True
+    if "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].random.set_seed(seed)
+        done["tensorflow"] = True
+    return done
+
+
+# -- the manifest into the run ---------------------------------------------------------------
+def record_manifest(run: Run, manifest: Mapping[str, Any], attachments_dir: str | None = None
+                    ) -> None:
+    """Log ``manifest`` and its parts (lock, diff, untracked bundle) and the searchable tags.
+
+    Logging problems are logged, never raised (the manifest is evidence, not the run).
+    """
+    from .capture import manifest_json
+
+    caps = manifest.get("captures", {})
+    git = caps.get("git") or {}
+    pkgs = caps.get("packages") or {}
+    gpu = caps.get("gpu") or {}
+    py = caps.get("python") or {}
+    entry = caps.get("entrypoint") or {}
+    tags = {
+        TAG_MANIFEST_VERSION: manifest.get("schema_version"),
+        TAG_PYTHON: py.get("version", ""),
+        TAG_GPU: _gpu_name(gpu),
+    }
+    if git.get("commit"):
+        tags[TAG_COMMIT] = git["commit"]
+        tags["mlflow.source.git.commit"] = git["commit"]
+        tags[TAG_DIRTY] = str(bool(git.get("dirty"))).lower()
+        if git.get("remote_url"):
+            tags["mlflow.source.git.repoURL"] = git["remote_url"]
+    if pkgs.get("lock_hash"):
+        tags[TAG_LOCK_HASH] = pkgs["lock_hash"]
+    if entry:
+        kind = entry.get("kind", "")
+        name = (entry.get("path") or entry.get("module")
+                or " ".join(entry.get("command") or []))
+        if kind == "notebook" and not name:
+            name = "notebook (path unknown: papermill --inject-paths, or REPLAB_NOTEBOOK)"
+        if name:
+            tags[TAG_ENTRYPOINT] = name
+            tags["mlflow.source.name"] = name  # MLflow records ipykernel_launcher in notebooks
+        tags[TAG_ENTRY_KIND] = kind
+    if manifest.get("errors"):
+        tags[TAG_CAPTURE_ERRORS] = ",".join(sorted(manifest["errors"]))
+    steps = [
+        ("tags", lambda: run.set_tags({k: v for k, v in tags.items() if v not in (None, "")})),
+        ("manifest", lambda: run.log_text(manifest_json(manifest, indent=1), MANIFEST)),
+    ]
+    if pkgs.get("lock"):
+        steps.append(("lock", lambda: run.log_text(pkgs["lock"], LOCK)))
+    if git.get("diff"):
+        steps.append(("diff", lambda: run.log_text(git["diff"], DIFF)))
+    if git.get("untracked"):
+        steps.append(("untracked", lambda: run.log_dict(
+            {"files": git.get("untracked"), "repo_root": git.get("root")}, UNTRACKED)))
+    if attachments_dir and os.path.isdir(attachments_dir) and os.listdir(attachments_dir):
+        steps.append(("attachments", lambda: run.client.log_artifacts(
+            run.run_id, attachments_dir, ARTIFACT_DIR)))
+    for what, step in steps:
+        try:
+            step()
+        except Exception as exc:  # evidence must not kill the run
+            log.warning("could not log the %s of run %s: %s", what, run.run_id, exc)
+
+
+def _gpu_name(gpu: Mapping[str, Any]) -> str:
+    devices = gpu.get("devices") or []
+    if not devices:
+        return "none"
+    names = [d.get("name", "?") for d in devices]
+    return f"{len(names)}x {names[0]}" if len(set(names)) == 1 else ", ".join(names)
+
+
+# -- start_run -------------------------------------------------------------------------------
+def _client(tracking_uri: str | None):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+
+
+def _experiment_id(client, experiment: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
+    try:
+        exp = client.get_experiment_by_name(name)
+        return exp.experiment_id if exp else client.create_experiment(name)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" in str(exc):  # created concurrently
+            return client.get_experiment_by_name(name).experiment_id
+        raise CloudError(f"the tracking server {client._tracking_client.tracking_uri} refused "
+                         f"experiment {name!r}: {exc}") from exc
+    except Exception as exc:
+        raise CloudError(f"cannot reach the tracking server "
+                         f"{client._tracking_client.tracking_uri}: {exc}. Start the lab "
+                         "(3_launch_lab) or set MLFLOW_TRACKING_URI.") from exc
+
+
+@contextlib.contextmanager
+def start_run(
+    experiment: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    inputs: Sequence[str] | None = None,
+    *,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    tracking_uri: str | None = None,
+    capture: bool = True,
+    repo: str | os.PathLike | None = None,
+    system_metrics: bool = False,
+    replay_of: str | None = None,
+    run_id: str | None = None,
+    entrypoint: Mapping[str, Any] | None = None,
+    batch_size: int = BATCH,
+) -> Iterator[Run]:
+    """Start (or, with ``run_id``, resume) a tracked MLflow run; yields a :class:`Run`.
+
+    The run is MLflow's active run too, so ``mlflow.log_*`` and autologging land in it. On
+    an exception the buffered metrics are flushed, the traceback attached, the run marked
+    FAILED and the exception re-raised; on KeyboardInterrupt the run is KILLED.
+    Raises CloudError when the tracking server cannot be reached.
+    """
+    import mlflow
+
+    client = _client(tracking_uri)
+    exp_id = _experiment_id(client, experiment)
+    extra_tags = dict(tags or {})
+    if replay_of:
+        extra_tags[TAG_REPLAY_OF] = replay_of
+    if seed is not None:
+        extra_tags[TAG_SEED] = seed
+    if mlflow.active_run() and run_id is None:
+        mlflow.end_run()  # a leftover run from an interrupted cell must not swallow this one
+    active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
+                              run_name=run_name, log_system_metrics=system_metrics or None)
+    run = Run(client, active.info.run_id, active.info.experiment_id, batch_size)
+    seeded: dict[str, bool] = {}
+    if seed is not None:
+        try:
+            seeded = seed_everything(seed)
+        except Exception as exc:
+            log.warning("seeding failed: %s", exc)
+    status = "FINISHED"
+    try:
+        if params:
+            run.log_params(params)
+        if extra_tags:
+            run.set_tags(extra_tags)
+        if capture:
+            _capture_into(run, repo=repo, seed=seed, seeded=seeded, inputs=inputs,
+                          entrypoint=entrypoint, params=params)
+        yield run
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        with contextlib.suppress(Exception):
+            run.flush()
+        with contextlib.suppress(Exception):
+            run.log_text(traceback.format_exc(), TRACEBACK)
+        raise
+    finally:
+        try:
+            run.flush()
+        except Exception as exc:
+            log.error("could not send the last metrics of run %s: %s", run.run_id, exc)
+            status = "FAILED" if status == "FINISHED" else status
+        if status == "FINISHED" and run.end_status:
+            status = run.end_status
+        mlflow.end_run(status=status)
+
+
+def _capture_into(run: Run, *, repo, seed, seeded, inputs, entrypoint, params) -> None:
+    from . import capture as capture_mod
+
+    with tempfile.TemporaryDirectory(prefix="replab-capture-") as tmp:
+        options: dict[str, Any] = {"repo": str(repo) if repo else None, "artifacts_dir": tmp,
+                                   "inputs": list(inputs or [])}
+        if seed is not None:
+            options["seeds"] = {"seed": seed, "seeded": sorted(k for k, v in seeded.items()
+                                                               if v)}
+        if entrypoint:
+            options.update(entrypoint)
+        try:
+            manifest = capture_mod.collect(**options)
+        except Exception as exc:  # collect never raises; belt and braces for a training run
+            log.warning("capture failed: %s", exc)
+            return
+        run.manifest = manifest
+        record_manifest(run, manifest, tmp)
+        _log_inputs(manifest)
+
+
+def _log_inputs(manifest: Mapping[str, Any]) -> None:
+    """Declared inputs also go to MLflow's dataset tracking, where they fit."""
+    data = (manifest.get("captures") or {}).get("inputs") or {}
+    items = data.get("items", data) if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        return
+    try:
+        import mlflow
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+
+        for item in items:
+            uri = item.get("uri") or item.get("path")
+            digest = (item.get("sha256") or "")[:36] or None
+            if not uri:
+                continue
+            source = HTTPDatasetSource(uri) if "://" in uri else HTTPDatasetSource(
+                Path(uri).resolve().as_uri())
+            mlflow.log_input(MetaDataset(source, name=Path(uri).name or uri, digest=digest))
+    except Exception as exc:
+        log.debug("log_input skipped: %s", exc)
+
+
+# -- ReproGen compatibility ------------------------------------------------------------------
+def _log_capture(name: str, flatten: Sequence[str]) -> dict[str, Any]:
+    import mlflow
+
+    from . import capture as capture_mod
+
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError(f"log_{name}() needs an active run: call it inside "
+                           "replab.tracking.start_run() or mlflow.start_run()")
+    manifest = capture_mod.collect([name])
+    data = manifest["captures"].get(name) or {}
+    client = _client(None)
+    run = Run(client, active.info.run_id, active.info.experiment_id)
+    tags = {f"replab.{name}.{k}": data[k] for k in flatten
+            if isinstance(data.get(k), (str, int, float, bool))}
+    run.set_tags(tags)
+    run.log_dict(manifest, f"replab/{name}.json")
+    return data
+
+
+def log_git() -> dict[str, Any]:
+    """Log the git state (commit, branch, dirty, remote) into the active run."""
+    return _log_capture("git", ["commit", "branch", "dirty", "remote_url"])
+
+
+def log_python() -> dict[str, Any]:
+    """Log the Python version, implementation and executable into the active run."""
+    return _log_capture("python", ["version", "implementation", "executable"])
+
+
+def log_gpu() -> dict[str, Any]:
+    """Log the GPUs (or none) into the active run."""
+    return _log_capture("gpu", ["vendor", "count", "driver_version"])
