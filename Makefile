@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install demo test lint sync lock clean
+.PHONY: help install services demo test lint sync lock clean
 
 help:
 	@echo "make demo   - create .venv, install, run the notebook series on site=local"
@@ -24,7 +24,14 @@ install: $(STAMP)
 demo: install
 	$(BIN)/replab demo
 
-test: install
+# The real local services the tests use (Keystone, Swift, rclone, ...): Debian packages and a
+# Keystone venv, installed once (needs root or sudo). REPLAB_SKIP_SERVICES=1 skips them and
+# the tests that need them.
+services:
+	@if [ "$$REPLAB_SKIP_SERVICES" = 1 ]; then echo "services skipped (REPLAB_SKIP_SERVICES=1)"; \
+	 else bash tests/services/install.sh; fi
+
+test: install services
 	$(BIN)/python -m pytest
 
 lint: install

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.fixtures_mlflow", "tests.fixtures_openstack"]
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in ROOT.glob("[0-9]_*.ipynb"))
 
