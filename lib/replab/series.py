@@ -24,6 +24,17 @@ from .errors import ConfigError, NotebookFailed
 
 log = logging.getLogger(__name__)
 
+
+class _InjectedPathsFilter(logging.Filter):
+    """Papermill warns about parameters a notebook does not declare; the injected paths
+    never are declared (they are papermill's own --inject-paths convention)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "unknown parameter: PAPERMILL_" not in record.getMessage()
+
+
+logging.getLogger("papermill").addFilter(_InjectedPathsFilter())
+
 NOTEBOOK_RE = re.compile(r"^(\d+)_[A-Za-z0-9_]+\.ipynb$")
 ROOT = Path(__file__).resolve().parents[2]  # the artifact's root (…/lib/replab -> …)
 

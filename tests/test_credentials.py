@@ -1,0 +1,226 @@
+"""replab.credentials against the real local Keystone + Swift (S3)."""
+
+import datetime as dt
+import json
+import stat
+
+import pytest
+import yaml
+
+from replab import config, credentials
+from replab.credentials import SecretsStore
+from replab.errors import CloudError, ConfigError
+
+pytestmark = pytest.mark.services
+
+
+def _cfg(stack, tmp_path, **extra):
+    return config.build({
+        "experiment": extra.pop("experiment", "credtest"), "frameworks": ["sklearn"],
+        "site": "CHI@UC", "workdir": str(tmp_path / "wd"),
+        "endpoints": {"auth_url": stack.auth_url, "storage_auth_url": stack.auth_url,
+                      "s3_endpoint": stack.s3_endpoint, "region": stack.region},
+        **extra})
+
+
+@pytest.fixture
+def clouds(local_openstack, tmp_path):
+    """A clouds.yaml with the demo user's password entry (what a researcher has)."""
+    d = local_openstack.demo
+    path = tmp_path / "clouds.yaml"
+    path.write_text(yaml.safe_dump({"clouds": {"demo": {
+        "auth": {"auth_url": local_openstack.auth_url, "username": d.username,
+                 "password": d.password, "project_name": d.project,
+                 "user_domain_name": "Default", "project_domain_name": "Default"},
+        "region_name": local_openstack.region}}}))
+    return str(path)
+
+
+@pytest.fixture
+def demo_auth(local_openstack, clouds):
+    return credentials.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
+
+
+def _modes(store: SecretsStore):
+    assert stat.S_IMODE(store.dir.stat().st_mode) == 0o700
+    for f in store.dir.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+
+def test_sources_are_tried_in_order_and_failures_are_explained(local_openstack, clouds):
+    env = {"OS_ACCESS_TOKEN": "not-a-real-oidc-token", "OS_PROJECT_NAME": "demo",
+           "OS_APPLICATION_CREDENTIAL_ID": "abc", "OS_APPLICATION_CREDENTIAL_SECRET": "x",
+           "OS_AUTH_URL": "https://chi.tacc.chameleoncloud.org:5000/v3"}
+    auth = credentials.authenticate(local_openstack.auth_url, env=env, clouds_file=clouds)
+    assert auth.source == "clouds.yaml" and auth.user_id == local_openstack.demo.user_id
+    with pytest.raises(CloudError) as err:
+        credentials.authenticate(local_openstack.auth_url, env=env,
+                                 clouds_file=str(clouds) + ".missing")
+    text = str(err.value)
+    assert "jupyterhub: JupyterHub OIDC token" in text and "did not authenticate" in text
+    assert "belong to one site" in text and "clouds.yaml" in text
+    assert "not-a-real-oidc-token" not in text and "OS_CLOUD" in text
+
+
+def test_jupyterhub_source_builds_the_oidc_plugin():
+    plugin, desc = credentials._jupyterhub_plugin(
+        "https://chi.uc.chameleoncloud.org:5000/v3",
+        {"OS_ACCESS_TOKEN": "tok", "OS_PROJECT_NAME": "CHI-123"})
+    assert type(plugin).__name__ == "OidcAccessToken"
+    assert plugin.identity_provider == "chameleon" and plugin.protocol == "openid"
+    assert "CHI-123" in desc
+    assert credentials._jupyterhub_plugin("u", {})[0] is None
+
+
+def test_application_and_ec2_credentials_are_created_once_then_reused(
+        local_openstack, demo_auth, tmp_path):
+    store = SecretsStore(tmp_path / "wd")
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
+    first = credentials.ensure_application_credential(demo_auth, "replab-t1", expires, store)
+    saved = store.credentials()["application_credential"]
+    # "replaced" when an earlier, interrupted run left one of that name behind
+    assert first.action in ("created", "replaced") and saved["roles"] == ["member"]
+    assert saved["unrestricted"] is False and saved["expires_at"].startswith(
+        expires.strftime("%Y-%m-%dT%H:%M"))
+    second = credentials.ensure_application_credential(demo_auth, "replab-t1", expires, store)
+    assert second.action == "reused" and store.credentials()["application_credential"][
+        "id"] == saved["id"]
+    e1 = credentials.ensure_ec2_credential(demo_auth, store)
+    e2 = credentials.ensure_ec2_credential(demo_auth, store)
+    assert (e1.action, e2.action) == ("created", "reused")
+    assert saved["secret"] not in e1.detail + first.detail + second.detail
+    _modes(store)
+    # Keystone agrees: exactly one application credential of that name, expiring as asked
+    listed = demo_auth.session.get(
+        f"{local_openstack.auth_url}/users/{demo_auth.user_id}/application_credentials"
+        "?name=replab-t1").json()["application_credentials"]
+    assert [c["id"] for c in listed] == [saved["id"]] and listed[0]["unrestricted"] is False
+    credentials.delete_credentials(demo_auth, store)
+
+
+def test_deleted_or_tampered_credentials_are_rotated(local_openstack, demo_auth, tmp_path):
+    store = SecretsStore(tmp_path / "wd")
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+    credentials.ensure_application_credential(demo_auth, "replab-t2", expires, store)
+    credentials.ensure_ec2_credential(demo_auth, store)
+    old = store.credentials()
+    # deleted behind our back (e.g. in Horizon)
+    demo_auth.session.delete(f"{local_openstack.auth_url}/users/{demo_auth.user_id}/"
+                             f"application_credentials/{old['application_credential']['id']}")
+    demo_auth.session.delete(f"{local_openstack.auth_url}/users/{demo_auth.user_id}/"
+                             f"credentials/OS-EC2/{old['ec2']['access']}")
+    a = credentials.ensure_application_credential(demo_auth, "replab-t2", expires, store)
+    e = credentials.ensure_ec2_credential(demo_auth, store)
+    new = store.credentials()
+    assert a.action == "created" and e.action == "created"
+    assert new["application_credential"]["id"] != old["application_credential"]["id"]
+    assert credentials.app_credential_works(local_openstack.auth_url,
+                                            new["application_credential"]["id"],
+                                            new["application_credential"]["secret"])
+    # a wrong stored secret: the credential of that name is replaced, not duplicated
+    new["application_credential"]["secret"] = "wrong-secret-value"
+    store.save_credentials(new)
+    r = credentials.ensure_application_credential(demo_auth, "replab-t2", expires, store)
+    assert r.action == "replaced"
+    # a longer lease than the stored credential covers: replaced too
+    r = credentials.ensure_application_credential(
+        demo_auth, "replab-t2", expires + dt.timedelta(days=3), store)
+    assert r.action == "replaced"
+    listed = demo_auth.session.get(
+        f"{local_openstack.auth_url}/users/{demo_auth.user_id}/application_credentials"
+        "?name=replab-t2").json()["application_credentials"]
+    assert len(listed) == 1
+    out = credentials.delete_credentials(demo_auth, store)
+    assert [o.action for o in out] == ["deleted", "deleted"]
+    assert credentials.delete_credentials(demo_auth, store)[0].action == "none"
+
+
+def test_a_restricted_application_credential_cannot_mint_more_and_says_why(
+        local_openstack, demo_auth, tmp_path):
+    store = SecretsStore(tmp_path / "wd")
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+    credentials.ensure_application_credential(demo_auth, "replab-t3", expires, store)
+    app = store.credentials()["application_credential"]
+    env = {"OS_APPLICATION_CREDENTIAL_ID": app["id"],
+           "OS_APPLICATION_CREDENTIAL_SECRET": app["secret"],
+           "OS_AUTH_URL": local_openstack.auth_url}
+    restricted = credentials.authenticate(local_openstack.auth_url, env=env)
+    assert restricted.source == "environment" and restricted.is_application_credential
+    with pytest.raises(CloudError, match="unrestricted") as err:
+        credentials.ensure_ec2_credential(restricted, SecretsStore(tmp_path / "other"))
+    assert app["secret"] not in str(err.value)
+    credentials.delete_credentials(demo_auth, store)
+
+
+def test_setup_twice_creates_nothing_new_and_verifies(local_openstack, clouds, tmp_path):
+    cfg = _cfg(local_openstack, tmp_path)
+    lines = []
+    r1 = credentials.setup(cfg, clouds_file=clouds, env={}, progress=lines.append)
+    actions = {o.what: o.action for o in r1.outcomes if o.action != "verified"}
+    assert actions["application credential"] in ("created", "replaced")
+    assert actions["EC2 credential"] == "created" and actions["buckets"] in ("created",
+                                                                              "reused")
+    assert any(o.action == "verified" for o in r1.outcomes)
+    r2 = credentials.setup(cfg, clouds_file=clouds, env={})
+    assert {o.what: o.action for o in r2.outcomes if o.action != "verified"} == {
+        "lab secrets": "reused", "application credential": "reused",
+        "EC2 credential": "reused", "buckets": "reused"}
+    store = SecretsStore(cfg.workdir)
+    _modes(store)
+    data = store.credentials()
+    conf = store.read(store.RCLONE)
+    assert f"[{cfg.experiment}-s3]" in conf and f"[{cfg.experiment}-swift]" in conf
+    env = store.lab_env()
+    assert env["AWS_ACCESS_KEY_ID"] == data["ec2"]["access"]
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == local_openstack.s3_endpoint
+    clouds_entry = yaml.safe_load(store.read(store.CLOUDS))["clouds"]["replab-credtest"]
+    assert clouds_entry["auth_type"] == "v3applicationcredential"
+    shown = json.dumps(credentials.describe(store)) + "\n".join(lines)
+    for secret in (data["ec2"]["secret"], data["application_credential"]["secret"],
+                   data["lab"]["jupyter_token"], data["lab"]["mlflow_password"]):
+        assert secret not in shown
+    auth = credentials.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
+    credentials.delete_credentials(auth, store)
+    with pytest.raises(CloudError, match="does not authenticate"):
+        store.save_credentials({**data, "ec2": None})
+        credentials.verify(cfg, store)
+
+
+def test_verify_reports_a_wrong_ec2_secret(local_openstack, clouds, tmp_path):
+    cfg = _cfg(local_openstack, tmp_path, experiment="credwrong")
+    credentials.setup(cfg, clouds_file=clouds, env={}, do_verify=False)
+    store = SecretsStore(cfg.workdir)
+    data = store.credentials()
+    real = data["ec2"]["secret"]
+    data["ec2"]["secret"] = "0" * len(real)
+    store.save_credentials(data)
+    with pytest.raises(CloudError, match="SignatureDoesNotMatch") as err:
+        credentials.verify(cfg, store)
+    assert real not in str(err.value)
+    data["ec2"]["secret"] = real
+    store.save_credentials(data)
+    auth = credentials.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
+    credentials.delete_credentials(auth, store)
+
+
+def test_local_site_makes_lab_secrets_and_bucket_directories(tmp_path):
+    cfg = config.build({"experiment": "loc", "frameworks": ["sklearn"], "site": "local",
+                        "workdir": str(tmp_path / "wd")})
+    r = credentials.setup(cfg, env={"HF_TOKEN": "hf_secretvalue123456"})
+    assert [o.what for o in r.outcomes] == ["lab secrets", "buckets"]
+    for b in ("loc-data", "loc-artifacts", "loc-backups"):
+        assert (tmp_path / "wd" / "buckets" / b).is_dir()
+    store = SecretsStore(cfg.workdir)
+    _modes(store)
+    assert len(store.lab_env()["JUPYTER_TOKEN"]) >= 32
+    assert "HF_TOKEN" not in store.lab_env()  # huggingface is off in this config
+    token = store.lab_env()["JUPYTER_TOKEN"]
+    credentials.setup(cfg, env={})
+    assert store.lab_env()["JUPYTER_TOKEN"] == token  # kept across re-runs
+
+
+def test_corrupt_store_is_a_clear_error(tmp_path):
+    store = SecretsStore(tmp_path)
+    store.write(store.CREDENTIALS, "{not json")
+    with pytest.raises(ConfigError, match="corrupt"):
+        store.credentials()
