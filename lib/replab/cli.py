@@ -84,12 +84,6 @@ def _cmd_run(args) -> int:
     return result.returncode
 
 
-def _cmd_capture(args) -> int:
-    from . import capture
-
-    return capture.main(args.rest)
-
-
 def _yaml_value(text: str):
     import yaml
 
@@ -142,14 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     r.set_defaults(func=_cmd_run)
 
-    cap = sub.add_parser("capture", help="print the run manifest of this environment",
-                         add_help=False)
-    cap.add_argument("rest", nargs=argparse.REMAINDER)
-    cap.set_defaults(func=_cmd_capture)
+    sub.add_parser("capture", help="print the run manifest of this environment "
+                                   "(replab capture --help)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["capture"]:  # its own options: replab capture --only git,python --pretty
+        from . import capture
+
+        return capture.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
