@@ -191,3 +191,17 @@ def local_openstack() -> Iterator[LocalOpenStack]:
 def pytest_terminal_summary(terminalreporter) -> None:
     for line in _summary:
         terminalreporter.write_line(f"local OpenStack: {line.removeprefix('openstack.py: ')}")
+
+
+def clouds_yaml(stack: LocalOpenStack, path: Path, name: str = "demo") -> str:
+    """Write a clouds.yaml holding the demo user's password entry ``name`` (what a
+    researcher has on a laptop) and return its path."""
+    import yaml
+
+    d = stack.demo
+    path.write_text(yaml.safe_dump({"clouds": {name: {
+        "auth": {"auth_url": stack.auth_url, "username": d.username, "password": d.password,
+                 "project_name": d.project, "user_domain_name": "Default",
+                 "project_domain_name": "Default"},
+        "region_name": stack.region}}}))
+    return str(path)

@@ -108,6 +108,7 @@ def test_local_site_accepts_a_local_path():
     (basic(storage_site="CHI@NCAR"), "storage_site", ["no object store", "CHI@UC"]),
     (basic("local", storage_site="CHI@UC"), "storage_site", ["local"]),
     (basic(buckets={"data": "Bad_Name"}), "buckets.data", ["Bad_Name", "S3 bucket"]),
+    (basic(buckets={"data": "xn--punycode"}), "buckets.data", ["xn--", "S3 bucket"]),
     (basic(buckets={"data": "same", "artifacts": "same"}), "buckets", ["differ"]),
     (basic(endpoints={"auth_url": "keystone:5000"}), "endpoints.auth_url", ["http"]),
     (basic(lease_hours="24"), "lease_hours", ["'24' is str", "integer"]),

@@ -10,6 +10,7 @@ import yaml
 from replab import config, credentials
 from replab.credentials import SecretsStore
 from replab.errors import CloudError, ConfigError
+from tests.fixtures_openstack import clouds_yaml
 
 pytestmark = pytest.mark.services
 
@@ -25,15 +26,7 @@ def _cfg(stack, tmp_path, **extra):
 
 @pytest.fixture
 def clouds(local_openstack, tmp_path):
-    """A clouds.yaml with the demo user's password entry (what a researcher has)."""
-    d = local_openstack.demo
-    path = tmp_path / "clouds.yaml"
-    path.write_text(yaml.safe_dump({"clouds": {"demo": {
-        "auth": {"auth_url": local_openstack.auth_url, "username": d.username,
-                 "password": d.password, "project_name": d.project,
-                 "user_domain_name": "Default", "project_domain_name": "Default"},
-        "region_name": local_openstack.region}}}))
-    return str(path)
+    return clouds_yaml(local_openstack, tmp_path / "clouds.yaml")
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
 import json
 
 import pytest
-import yaml
 
 from replab import credentials
+from tests.fixtures_openstack import clouds_yaml
 from tests.notebooks import execute, outputs_text
 
 pytestmark = pytest.mark.services
@@ -14,11 +14,7 @@ pytestmark = pytest.mark.services
 def test_notebook_creates_credentials_and_leaks_no_secret(local_openstack, tmp_path):
     d = local_openstack.demo
     clouds = tmp_path / "clouds.yaml"
-    clouds.write_text(yaml.safe_dump({"clouds": {"chi": {
-        "auth": {"auth_url": local_openstack.auth_url, "username": d.username,
-                 "password": d.password, "project_name": d.project,
-                 "user_domain_name": "Default", "project_domain_name": "Default"},
-        "region_name": local_openstack.region}}}))
+    clouds_yaml(local_openstack, clouds, name="chi")
     wd = tmp_path / "wd"
     execute("0_configure.ipynb", tmp_path / "0.ipynb", experiment="nbcred", site="CHI@UC",
             frameworks="sklearn", workdir=str(wd), auth_url=local_openstack.auth_url,

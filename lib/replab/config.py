@@ -20,6 +20,7 @@ import yaml
 
 from . import sites
 from .errors import ConfigError
+from .storage import bucket_name_problem
 
 SCHEMA_VERSION = 1
 FRAMEWORKS = ("pytorch", "lightning", "tensorflow", "sklearn")
@@ -41,8 +42,6 @@ _SSH_REPO = re.compile(rf"^ssh://(?:{_SEG}@)?{_HOST}(?::\d+)?(?:/{_SEG}){{2,}}/?
 # user@host:group/.../repo[.git]   (scp-like)
 _SCP_REPO = re.compile(rf"^{_SEG}@{_HOST}:{_SEG}(?:/{_SEG})+$")
 _URL = re.compile(r"^https?://[^\s/]+(?:/\S*)?$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
 
 @dataclass(frozen=True)
@@ -486,10 +485,10 @@ def _buckets(experiment, given: dict, problems) -> Buckets:
         values[key] = name
         if not name:
             continue
-        if not _BUCKET.match(name) or ".." in name or _IPV4.match(name):
-            problems.append((f"buckets.{key}", f"{name!r} is not a valid S3 bucket name: "
-                                               "3-63 characters of a-z, 0-9, '-' and '.', "
-                                               "starting and ending with a letter or digit"))
+        rule = bucket_name_problem(name)  # the object store's own naming rules
+        if rule:
+            problems.append((f"buckets.{key}", f"{name!r} is not a valid S3 bucket name: it "
+                                               f"{rule}"))
     names = [v for v in values.values() if v]
     if len(set(names)) != len(names):
         problems.append(("buckets", f"bucket names must differ; got {values}"))

@@ -16,6 +16,7 @@ Authentication sources, tried in order (:func:`authenticate`):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._files import write_private
 from .errors import CloudError, ConfigError
 from .redact import mask
 
@@ -59,14 +61,7 @@ class SecretsStore:
     def write(self, name: str, text: str) -> Path:
         """Write ``name`` with mode 0600 (created so, never world-readable in between)."""
         self.ensure()
-        target = self.path(name)
-        tmp = target.with_name(f".{name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-        return target
+        return write_private(self.path(name), text)
 
     def read(self, name: str) -> str | None:
         p = self.path(name)
@@ -321,6 +316,20 @@ def app_credential_works(auth_url: str, cred_id: str, secret: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _explain_restricted(auth: Auth, what: str):
+    """Keystone's bare 403 for a restricted application credential, explained."""
+    try:
+        yield
+    except CloudError as exc:
+        if auth.is_application_credential and "403" in str(exc):
+            raise CloudError(
+                f"{exc}. Keystone creates {what} from an application credential only when "
+                "it is unrestricted; authenticate through JupyterHub or a clouds.yaml "
+                "password entry, or use an unrestricted one", exc.request) from exc
+        raise
+
+
 def ensure_application_credential(auth: Auth, name: str, expires_at: _dt.datetime,
                                   store: SecretsStore,
                                   roles: tuple[str, ...] = LEAST_ROLES,
@@ -354,16 +363,9 @@ def ensure_application_credential(auth: Auth, name: str, expires_at: _dt.datetim
         "expires_at": _iso(expires_at), "roles": [{"name": r} for r in wanted],
         "unrestricted": False,
     }}
-    try:
+    with _explain_restricted(auth, "an application credential"):
         created = _call(auth, "POST", f"/users/{auth.user_id}/application_credentials",
                         body)["application_credential"]
-    except CloudError as exc:
-        if auth.is_application_credential and "403" in str(exc):
-            raise CloudError(
-                f"{exc}. Keystone lets an application credential create another one only "
-                "when it is unrestricted; authenticate through JupyterHub or a clouds.yaml "
-                "password entry instead", exc.request) from exc
-        raise
     data = store.credentials()
     data["application_credential"] = {
         "id": created["id"], "secret": created["secret"], "name": name,
@@ -387,16 +389,9 @@ def ensure_ec2_credential(auth: Auth, store: SecretsStore) -> Outcome:
     if (saved.get("access") in have and _same_keystone(saved.get("auth_url"), auth.auth_url)
             and saved.get("project_id") == auth.project_id):
         return Outcome("EC2 credential", "reused", f"access key {mask(saved['access'])}")
-    try:
+    with _explain_restricted(auth, "EC2 credentials"):
         created = _call(auth, "POST", f"/users/{auth.user_id}/credentials/OS-EC2",
                         {"tenant_id": auth.project_id})["credential"]
-    except CloudError as exc:
-        if auth.is_application_credential and "403" in str(exc):
-            raise CloudError(
-                f"{exc}. Keystone creates EC2 credentials from an application credential only "
-                "when it is unrestricted; authenticate through JupyterHub or a clouds.yaml "
-                "password entry, or use an unrestricted one", exc.request) from exc
-        raise
     data = store.credentials()
     data["ec2"] = {"access": created["access"], "secret": created["secret"],
                    "auth_url": auth.auth_url, "user_id": auth.user_id,

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._files import write_private
 from .errors import CloudError, ConfigError, ReplabError, ResourceTimeout
 from .redact import mask, redact_argv, scrub_text, secret_name
 
@@ -126,16 +127,7 @@ def write_rclone_conf(path: str | os.PathLike, remotes: Mapping[str, Mapping[str
                       ) -> Path:
     """Write :func:`render_rclone_conf` to ``path`` atomically, mode 0600 (a new parent
     directory gets 0700). Returns the path."""
-    target = Path(path).expanduser()
-    if not target.parent.exists():
-        target.parent.mkdir(parents=True, mode=0o700)
-    text = render_rclone_conf(remotes)
-    tmp = target.with_name(f".{target.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, target)
+    target = write_private(path, render_rclone_conf(remotes))
     log.info("wrote rclone config %s (remotes: %s)", target, ", ".join(sorted(remotes)))
     return target
 

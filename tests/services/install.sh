@@ -5,6 +5,7 @@
 #
 # Idempotent: every step is skipped when its result is already there.
 #   1. Debian packages: Swift (proxy, account, container, object), memcached, rclone, fuse3,
+#      openssh-server (a real sshd for replab.remote tests),
 #      curl; `apt-get update` runs only when the package lists are missing or an install
 #      from the current lists fails.
 #   2. A venv for Keystone, apart from the project's venv (Keystone pins its own
@@ -25,10 +26,10 @@ MARKER="$VENV/.replab-keystone-$KEYSTONE_VERSION"
 CONSTRAINTS="$HERE/keystone-constraints.txt"
 
 APT_PACKAGES=(swift swift-proxy swift-account swift-container swift-object memcached rclone
-    fuse3 curl)
+    fuse3 curl openssh-server)
 # The command each package provides; a package is installed only when its command is missing.
 APT_COMMANDS=(swift-ring-builder swift-proxy-server swift-account-server swift-container-server
-    swift-object-server memcached rclone fusermount3 curl)
+    swift-object-server memcached rclone fusermount3 curl /usr/sbin/sshd)
 
 log() { printf 'install.sh: %s\n' "$*" >&2; }
 
