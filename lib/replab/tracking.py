@@ -281,6 +281,10 @@ def start_run(
     import mlflow
 
     client = _client(tracking_uri)
+    # A replay re-executes the original program unchanged: the link and the experiment
+    # come through the environment (set by replab.replay).
+    replay_of = replay_of or os.environ.get("REPLAB_REPLAY_OF") or None
+    experiment = os.environ.get("REPLAB_REPLAY_EXPERIMENT") or experiment
     exp_id = _experiment_id(client, experiment)
     extra_tags = dict(tags or {})
     if replay_of:

@@ -1,0 +1,493 @@
+"""Replay a tracked run: fetch its record, rebuild its workspace and environment,
+re-execute its entrypoint, and link the new run to the original.
+
+Pipeline (each step a function, as papermill's execute is): :func:`fetch` (or
+:func:`load_bundle`) -> :func:`rebuild_workspace` -> :func:`ensure_environment` ->
+:func:`execute` -> the new run, tagged ``replab.replay_of``. Anything that cannot be
+restored raises :class:`~replab.errors.ReplayError` naming what is missing, and leaves
+nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import tracking
+from .errors import ReplayError
+
+log = logging.getLogger(__name__)
+
+BUNDLE_VERSION = 1
+Say = Callable[[str], None]
+
+
+@dataclass
+class Source:
+    """Everything a replay needs about the original run."""
+
+    run_id: str
+    experiment: str | None
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, list[tuple[int, float]]]
+    manifest: dict[str, Any]
+    lock: str | None
+    origin: str  # "tracking server <uri>" or "bundle <path>"
+
+    @property
+    def captures(self) -> dict[str, Any]:
+        return self.manifest.get("captures") or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle_version": BUNDLE_VERSION, "run_id": self.run_id,
+                "experiment": self.experiment, "params": self.params, "tags": self.tags,
+                "metrics": {k: [list(p) for p in v] for k, v in self.metrics.items()},
+                "manifest": self.manifest, "lock": self.lock}
+
+
+# -- fetching the record ---------------------------------------------------------------------
+def _client(tracking_uri: str | None):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
+
+
+def resolve_run_id(client, run: str, experiment: str | None = None) -> str:
+    """``run`` as a run id; ``latest`` means the newest finished, non-replay run of
+    ``experiment``. Raises ReplayError when there is none."""
+    if run != "latest":
+        return run
+    if not experiment:
+        raise ReplayError("'latest' needs an experiment name (experiment=...)")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ReplayError(f"no experiment named {experiment!r} on the tracking server")
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string="attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=50)
+    for r in runs:
+        if tracking.TAG_REPLAY_OF not in r.data.tags:
+            return r.info.run_id
+    raise ReplayError(f"experiment {experiment!r} has no finished run to replay")
+
+
+def fetch(run_id: str, *, tracking_uri: str | None = None, client=None) -> Source:
+    """The record of ``run_id`` from the tracking server: params, tags, every metric's full
+    history, the manifest and the lock. Raises ReplayError naming what is missing or
+    corrupt."""
+    from mlflow.exceptions import MlflowException
+
+    client = client or _client(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ReplayError(f"run {run_id} not found on {client.tracking_uri}: {exc}") from None
+    except Exception as exc:
+        raise ReplayError(f"cannot reach the tracking server {client.tracking_uri}: "
+                          f"{exc}") from None
+    metrics = {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+               for key in run.data.metrics}
+    manifest_text = _artifact_text(client, run_id, tracking.MANIFEST)
+    if manifest_text is None:
+        raise ReplayError(f"run {run_id} has no {tracking.MANIFEST}: it was not tracked with "
+                          "replab (or the artifact store lost it); nothing to rebuild from")
+    manifest = _parse_manifest(manifest_text, f"run {run_id}")
+    exp = client.get_experiment(run.info.experiment_id)
+    return Source(run_id=run_id, experiment=exp.name if exp else None,
+                  params=dict(run.data.params), tags=dict(run.data.tags), metrics=metrics,
+                  manifest=manifest, lock=_artifact_text(client, run_id, tracking.LOCK),
+                  origin=f"tracking server {client.tracking_uri}")
+
+
+def _artifact_text(client, run_id: str, path: str) -> str | None:
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(run_id, path, tmp)
+            return Path(local).read_text()
+    except Exception as exc:
+        log.debug("artifact %s of %s unavailable: %s", path, run_id, exc)
+        return None
+
+
+def _parse_manifest(text: str, where: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise ReplayError(f"the manifest of {where} is corrupt (not JSON: {exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("captures"), dict):
+        raise ReplayError(f"the manifest of {where} is corrupt: no 'captures' section")
+    version = manifest.get("schema_version")
+    if version != 1:
+        raise ReplayError(f"the manifest of {where} has schema_version {version!r}; this "
+                          "replab reads version 1")
+    return manifest
+
+
+# -- bundles ---------------------------------------------------------------------------------
+def export_bundle(run_id: str, output: str | os.PathLike, *,
+                  tracking_uri: str | None = None) -> Path:
+    """Write everything a replay needs into one ``.tar.gz`` (record.json). Returns it."""
+    source = fetch(run_id, tracking_uri=tracking_uri)
+    out = Path(output)
+    data = json.dumps(source.to_dict(), indent=1, sort_keys=True).encode()
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        info = tarfile.TarInfo("record.json")
+        info.size = len(data)
+        info.mtime = int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, out)
+    return out
+
+
+def load_bundle(path: str | os.PathLike) -> Source:
+    """A bundle written by :func:`export_bundle`. Raises ReplayError when it is not one."""
+    p = Path(path)
+    try:
+        with tarfile.open(p, "r:gz") as tar:
+            member = tar.extractfile("record.json")
+            data = json.loads(member.read()) if member else None
+    except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
+        raise ReplayError(f"{p} is not a replab bundle: {exc}") from None
+    if not isinstance(data, dict) or data.get("bundle_version") != BUNDLE_VERSION:
+        raise ReplayError(f"{p} is not a replab bundle of version {BUNDLE_VERSION}")
+    manifest = data.get("manifest")
+    if not isinstance(manifest, dict):
+        raise ReplayError(f"the bundle {p} holds no manifest")
+    _parse_manifest(json.dumps(manifest), f"bundle {p}")
+    return Source(run_id=data["run_id"], experiment=data.get("experiment"),
+                  params=data.get("params") or {}, tags=data.get("tags") or {},
+                  metrics={k: [tuple(x) for x in v] for k, v in
+                           (data.get("metrics") or {}).items()},
+                  manifest=manifest, lock=data.get("lock"), origin=f"bundle {p}")
+
+
+def load(run_or_bundle: str, *, experiment: str | None = None,
+         tracking_uri: str | None = None) -> Source:
+    """A run id, ``latest`` (with ``experiment``) or a bundle file."""
+    if run_or_bundle.endswith((".tar.gz", ".tgz")) or Path(run_or_bundle).is_file():
+        return load_bundle(run_or_bundle)
+    client = _client(tracking_uri)
+    return fetch(resolve_run_id(client, run_or_bundle, experiment), client=client)
+
+
+# -- the workspace ---------------------------------------------------------------------------
+def _git(args: list[str], cwd: Path | None = None, stdin: bytes | None = None) -> str:
+    r = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True)
+    if r.returncode != 0:
+        raise ReplayError(f"git {' '.join(args[:2])} failed: "
+                          f"{r.stderr.decode(errors='replace').strip()[-500:]}")
+    return r.stdout.decode(errors="replace")
+
+
+def rebuild_workspace(source: Source, dest: str | os.PathLike, *,
+                      repo: str | os.PathLike | None = None,
+                      allow_missing: bool = False, progress: Say | None = None) -> Path:
+    """Recreate the original working tree in ``dest`` (which must not exist): the
+    repository at the recorded commit, the uncommitted diff applied, the captured untracked
+    files restored.
+
+    ``repo``: a local path or URL to clone instead of the recorded remote. Raises
+    ReplayError naming what cannot be restored (no commit recorded, repository unreachable,
+    commit absent, diff that does not apply, untracked files not captured - unless
+    ``allow_missing``); ``dest`` is then not created.
+    """
+    say = progress or (lambda _m: None)
+    git = source.captures.get("git")
+    if not git or not git.get("commit"):
+        reason = (source.manifest.get("skipped") or {}).get("git", "no git capture")
+        raise ReplayError(f"run {source.run_id} recorded no git commit ({reason}): its code "
+                          "cannot be rebuilt")
+    origin = str(repo) if repo else git.get("remote_url")
+    if not origin:
+        raise ReplayError(f"run {source.run_id} has no recorded remote; pass the repository "
+                          "(a local path or URL) with repo=... / --repo")
+    missing = [f["path"] for f in git.get("untracked") or [] if "content" not in f
+               and "symlink" not in f]
+    if missing and not allow_missing:
+        raise ReplayError(
+            f"run {source.run_id} had untracked files whose content was not captured "
+            f"(too big, binary or secret-looking): {', '.join(missing[:10])}"
+            f"{' ...' if len(missing) > 10 else ''}. Restore them by hand and pass "
+            "allow_missing=True (--allow-missing)")
+    dest = Path(dest)
+    if dest.exists():
+        raise ReplayError(f"{dest} already exists; replays build in a fresh directory")
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        say(f"cloning {origin} at {git['commit'][:12]}")
+        try:
+            _git(["clone", "--quiet", "--no-checkout", origin, str(tmp)])
+        except ReplayError as exc:
+            raise ReplayError(f"cannot clone the repository {origin}: {exc}; pass a "
+                              "reachable copy with repo=... / --repo") from None
+        try:
+            _git(["checkout", "--quiet", "--detach", git["commit"]], cwd=tmp)
+        except ReplayError:
+            raise ReplayError(f"commit {git['commit']} is not in {origin} (force-pushed "
+                              "away, or not pushed?)") from None
+        patch = git.get("diff")
+        raw = patch.encode() if patch else (base64.b64decode(git["diff_base64"])
+                                           if git.get("diff_base64") else b"")
+        if git.get("diff") is None and git.get("diff_attachment") and not raw:
+            raise ReplayError(f"run {source.run_id}'s diff was too large for the manifest "
+                              f"and is not in this record ({git['diff_attachment']})")
+        if raw:
+            if hashlib.sha256(raw).hexdigest() != git.get("diff_sha256", hashlib.sha256(
+                    raw).hexdigest()):
+                raise ReplayError("the recorded diff does not match its hash: corrupt record")
+            say(f"applying the uncommitted diff ({len(raw)} bytes)")
+            _git(["apply", "--binary", "--whitespace=nowarn", "-"], cwd=tmp, stdin=raw)
+        restored = 0
+        for f in git.get("untracked") or []:
+            target = tmp / f["path"]
+            if tmp.resolve() not in target.resolve().parents:
+                raise ReplayError(f"untracked path {f['path']!r} escapes the workspace")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if "symlink" in f:
+                target.symlink_to(f["symlink"])
+            elif "content" in f:
+                target.write_text(f["content"])
+                restored += 1
+        if restored:
+            say(f"restored {restored} untracked file(s)")
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+# -- the environment -------------------------------------------------------------------------
+_PIN = re.compile(r"^\s*(-e\s+)?([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:==\s*([^\s;#]+)|@\s*\S+)"
+                  r"(?:.*#\s*[A-Za-z0-9._-]+==(\S+))?")
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_lock(lock: str) -> dict[str, str]:
+    """{normalized name: version} from a replab lock (pins and ``name @ url  # name==v``)."""
+    out = {}
+    for line in lock.splitlines():
+        m = _PIN.match(line)
+        if m and (m.group(3) or m.group(4)):
+            out[_norm(m.group(2))] = m.group(3) or m.group(4)
+    return out
+
+
+def lock_mismatches(lock: str, python: str | None = None) -> list[str]:
+    """How the environment of ``python`` (default this one) differs from the lock:
+    ``"name: locked X, have Y"`` / ``"name: locked X, missing"``."""
+    if python in (None, sys.executable):
+        from .capture.packages import installed
+
+        have = {_norm(d["name"]): d["version"] for d in installed()}
+    else:
+        code = ("import json,importlib.metadata as m;print(json.dumps({d.metadata['Name']:"
+                "d.version for d in m.distributions() if d.metadata['Name']}))")
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+        have = {_norm(k): v for k, v in json.loads(out.stdout).items()}
+    wanted = parse_lock(lock)
+    return [f"{name}: locked {v}, " + (f"have {have[name]}" if name in have else "missing")
+            for name, v in sorted(wanted.items()) if have.get(name) != v]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("REPLAB_CACHE", Path.home() / ".cache" / "replab"))
+
+
+def ensure_environment(lock: str | None, *, rebuild: bool | None = None,
+                       cache: str | os.PathLike | None = None,
+                       progress: Say | None = None) -> tuple[str, list[str]]:
+    """The Python to replay with, and the lock mismatches of the current environment.
+
+    ``rebuild`` None: reuse this environment when it satisfies the lock, else build a venv
+    from the lock, cached by the lock's hash (a second replay builds nothing). Raises
+    ReplayError when the lock cannot be installed (with pip's last lines).
+    """
+    say = progress or (lambda _m: None)
+    if not lock:
+        say("no lock recorded: replaying in the current environment")
+        return sys.executable, []
+    mismatches = lock_mismatches(lock)
+    if rebuild is False or (rebuild is None and not mismatches):
+        if mismatches:
+            say(f"using the current environment despite {len(mismatches)} difference(s)")
+        return sys.executable, mismatches
+    digest = hashlib.sha256(lock.encode()).hexdigest()[:16]
+    root = Path(cache) if cache else cache_root()
+    venv = root / "envs" / digest
+    python = venv / "bin" / "python"
+    if (venv / ".complete").exists():
+        say(f"environment from the lock: cached ({venv})")
+        return str(python), mismatches
+    say(f"building an environment from the lock ({len(parse_lock(lock))} packages; "
+        f"{len(mismatches)} differ here) in {venv}")
+    # Built in place (a venv's scripts name their own path); ".complete" is written last,
+    # and a failed build is removed, so a half-built environment is never used.
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
+                       capture_output=True)
+        req = venv / "requirements.lock"
+        req.write_text(_installable(lock))
+        proc = subprocess.Popen([str(python), "-m", "pip", "install",
+                                 "--disable-pip-version-check", "--no-input", "-r", str(req)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail: list[str] = []
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-15:]
+            if line.startswith(("Collecting", "Installing", "Successfully")):
+                say(line.strip()[:160])
+        if proc.wait() != 0:
+            raise ReplayError("the lock does not install here:\n" + "\n".join(tail))
+        (venv / ".complete").write_text(digest)
+    except BaseException:
+        shutil.rmtree(venv, ignore_errors=True)
+        raise
+    return str(python), mismatches
+
+
+def _installable(lock: str) -> str:
+    """The lock without entries pip cannot install elsewhere (local editable paths that do
+    not exist here are kept only when present)."""
+    lines = []
+    for line in lock.splitlines():
+        m = re.search(r"@\s*file://(\S+)", line)
+        if m and not Path(m.group(1)).exists():
+            log.warning("lock entry %s points at a missing local path; skipped", line.strip())
+            continue
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+# -- re-execution ----------------------------------------------------------------------------
+@dataclass
+class Execution:
+    command: list[str]
+    cwd: str
+    returncode: int
+    seconds: float
+    new_run_id: str | None
+    log_tail: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def determinism_env(source: Source) -> dict[str, str]:
+    """The recorded settings that must hold before the interpreter starts."""
+    flags = ((source.captures.get("determinism") or {}).get("env")) or {}
+    env_cap = source.captures.get("env") or {}
+    out = {}
+    for key in ("PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG", "TF_DETERMINISTIC_OPS",
+                "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        value = flags.get(key) or env_cap.get(key)
+        if isinstance(value, str) and value and not _redacted(value):
+            out[key] = value
+    return out
+
+
+def _redacted(value: str) -> bool:
+    from .redact import ELLIPSIS  # masked values end with it
+
+    return ELLIPSIS in value
+
+
+def command_for(source: Source, workspace: Path, python: str) -> tuple[list[str], Path]:
+    """The command re-executing the recorded entrypoint, and its working directory.
+    Raises ReplayError for an entrypoint that cannot be re-executed."""
+    entry = source.captures.get("entrypoint") or {}
+    kind = entry.get("kind")
+    cwd = workspace / (entry.get("cwd") or ".")
+    if kind == "script":
+        return [python, str(workspace / entry["path"]), *entry.get("argv", [])], cwd
+    if kind == "module":
+        return [python, "-m", entry["module"], *entry.get("argv", [])], cwd
+    if kind == "command":
+        cmd = list(entry.get("command") or [])
+        if not cmd:
+            raise ReplayError("the recorded command is empty")
+        if Path(cmd[0]).name.startswith("python"):
+            cmd[0] = python
+        return [python, "-m", "replab.cli", "run", "--", *cmd], cwd
+    if kind == "notebook":
+        if not entry.get("path"):
+            raise ReplayError("the run came from a notebook whose path was not recorded "
+                              "(run it with papermill --inject-paths next time)")
+        nb = workspace / entry["path"]
+        out = workspace / ".replab" / f"replay-{nb.name}"
+        args = [python, "-m", "papermill", str(nb), str(out), "--cwd", str(nb.parent),
+                "--no-progress-bar", "-p", "PAPERMILL_INPUT_PATH", str(nb)]
+        for k, v in (entry.get("parameters") or {}).items():
+            args += ["-y", json.dumps({k: v})]
+        return args, nb.parent
+    what = "an interactive session" if kind in ("interactive", "inline") else "unknown"
+    raise ReplayError(f"cannot re-execute an entrypoint of kind {kind!r} ({what}: no program "
+                      "to run again)")
+
+
+def execute(source: Source, workspace: Path, python: str, *,
+            tracking_uri: str | None = None, progress: Say | None = None,
+            timeout: float | None = None) -> Execution:
+    """Re-execute the entrypoint in ``workspace`` with the recorded determinism settings;
+    the new run is tagged as a replay of the original and returned."""
+    import mlflow
+
+    say = progress or (lambda _m: None)
+    cmd, cwd = command_for(source, workspace, python)
+    (workspace / ".replab").mkdir(exist_ok=True)
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    env = dict(os.environ)
+    extra = {**determinism_env(source), "MLFLOW_TRACKING_URI": uri,
+             "REPLAB_REPLAY_OF": source.run_id}
+    if source.experiment:
+        extra["REPLAB_REPLAY_EXPERIMENT"] = source.experiment
+    env.update(extra)
+    env.pop("MLFLOW_RUN_ID", None)
+    say(f"re-executing: {' '.join(cmd[1:] if cmd[0] == python else cmd)}")
+    t0 = time.time()
+    log_path = workspace / ".replab" / "replay.log"
+    with open(log_path, "wb") as fh:
+        try:
+            rc = subprocess.run(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = -9
+    seconds = time.time() - t0
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+    new = _find_replay(uri, source.run_id, since_ms=int(t0 * 1000) - 1000)
+    say(f"replay exited with {rc} after {seconds:.1f}s; new run: {new or 'none'}")
+    return Execution(cmd, str(cwd), rc, seconds, new, tail, extra)
+
+
+def _find_replay(uri: str, original: str, since_ms: int) -> str | None:
+    client = _client(uri)
+    try:
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string=f"tags.`{tracking.TAG_REPLAY_OF}` = '{original}' and "
+                          f"attributes.start_time >= {since_ms}",
+            order_by=["attributes.start_time DESC"], max_results=1)
+    except Exception as exc:
+        log.warning("cannot look up the replay run: %s", exc)
+        return None
+    return runs[0].info.run_id if runs else None
