@@ -11,7 +11,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "capture", "cli", "config", "credentials", "errors", "form", "guide", "lab", "paths",
+    "capture", "cli", "config", "credentials", "envdiff", "errors", "form", "guide", "lab",
     "replay", "series", "sites", "storage", "tracking", "verdict", "cloud", "remote",
 }
 

@@ -48,7 +48,37 @@ def _cmd_demo(args) -> int:
     params = series.load_params(root / DEMO_PARAMS)
     result = series.run_series(params, root=root, workdir=args.workdir, progress=print)
     print(f"demo done: {len(result.runs)} notebook(s), executed copies in {result.run_dir}")
+    _demo_summary(Path(args.workdir or params.get("workdir") or "work"))
     return 0
+
+
+def _demo_summary(workdir: Path) -> None:
+    """The lab's MLflow URL and the newest run of the demo experiment, when there is a lab."""
+    import json
+
+    lab_file = workdir / "lab.json"
+    if not lab_file.exists():
+        return
+    info = json.loads(lab_file.read_text())
+    url = info.get("mlflow_url")
+    print(f"MLflow: {url}   JupyterLab: {info.get('jupyter_url')} (token: secrets/lab.env)")
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from . import config
+
+        cfg = config.load(workdir)
+        client = MlflowClient(url)
+        exp = client.get_experiment_by_name(cfg.experiment)
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
+                                  max_results=1) if exp else []
+        if runs:
+            r = runs[0]
+            print(f"run {r.info.run_id}: {url}/#/experiments/{exp.experiment_id}/runs/"
+                  f"{r.info.run_id}")
+    except Exception as exc:  # the summary is a convenience; the demo itself succeeded
+        print(f"(could not list the demo's runs: {exc})")
+    print(f"stop the lab with: replab lab stop --workdir {workdir}")
 
 
 def _cmd_config(args) -> int:
@@ -82,6 +112,81 @@ def _cmd_run(args) -> int:
     print(f"replab: run {result.run_id} (experiment {result.experiment_id}) exited with "
           f"{result.returncode}", file=sys.stderr)
     return result.returncode
+
+
+def _cmd_lab(args) -> int:
+    import json
+
+    from . import config, lab
+
+    cfg = config.load(args.workdir)
+    if args.action == "launch":
+        info = lab.launch(cfg, progress=print)
+        print(json.dumps(info, indent=1))
+    elif args.action == "status":
+        print(json.dumps(lab.status(cfg), indent=1))
+    elif args.action == "stop":
+        for line in lab.stop(cfg):
+            print(line)
+    elif args.action == "backup":
+        from .lab import backup
+
+        info = backup.backup(cfg, reason=args.reason)
+        print(f"backed up {info.runs} run(s) to {info.location}")
+    elif args.action == "restore":
+        from .lab import backup
+
+        info = backup.restore(cfg, args.backup, force=args.force, progress=print)
+        print(f"restored {info.runs} run(s) from {info.location}")
+    return 0
+
+
+def _print_verdict(v) -> int:
+    from . import verdict
+
+    print(f"verdict: {v.verdict.value}")
+    print(verdict.explain(v))
+    return 0 if v.reproduced else 1
+
+
+def _cmd_replay(args) -> int:
+    from . import replay
+
+    result = replay.replay_run(args.run, experiment=args.experiment,
+                               tracking_uri=args.tracking_uri, repo=args.repo,
+                               workdir=args.workdir, rebuild_env=args.rebuild_env,
+                               allow_missing=args.allow_missing, progress=print)
+    for line in result.mismatches[:20]:
+        print(f"  environment differs from the lock: {line}")
+    print(f"replay run {result.execution.new_run_id}")
+    print(f"report: {result.report.get('report.html')}")
+    return _print_verdict(result.verdict)
+
+
+def _cmd_verify(args) -> int:
+    from . import replay
+
+    v, _a, _b = replay.verify(args.original, args.replay, tracking_uri=args.tracking_uri)
+    return _print_verdict(v)
+
+
+def _cmd_diff(args) -> int:
+    from . import replay, verdict
+
+    diffs = replay.diff(args.run_a, args.run_b, tracking_uri=args.tracking_uri)
+    if not diffs:
+        print("no environment differences")
+    for d in diffs:
+        print(verdict.describe(d))
+    return 0
+
+
+def _cmd_bundle(args) -> int:
+    from . import replay
+
+    path = replay.export_bundle(args.run, args.output, tracking_uri=args.tracking_uri)
+    print(f"bundle written: {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    return 0
 
 
 def _yaml_value(text: str):
@@ -125,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path", nargs="?", default="work", help="config.yaml or its work directory")
     c.set_defaults(func=_cmd_config)
 
+    lb = sub.add_parser("lab", help="the lab: launch, status, stop, backup, restore")
+    lb.add_argument("action", choices=["launch", "status", "stop", "backup", "restore"])
+    lb.add_argument("--workdir", default="work", help="experiment work directory")
+    lb.add_argument("--reason", default="manual", help="backup: a word kept in its name")
+    lb.add_argument("--backup", help="restore: a backup key or stamp (default: the latest)")
+    lb.add_argument("--force", action="store_true", help="restore over a database with runs")
+    lb.set_defaults(func=_cmd_lab)
+
     r = sub.add_parser("run", help="track an unmodified program: replab run -- python x.py")
     r.add_argument("--experiment", "-e", help="MLflow experiment (default: Default)")
     r.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
@@ -135,6 +248,39 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-models", action="store_true", help="let autologging save models")
     r.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     r.set_defaults(func=_cmd_run)
+
+    rp = sub.add_parser("replay", help="re-execute a tracked run and judge it")
+    rp.add_argument("run", help="run id, 'latest' (with --experiment) or a bundle file")
+    rp.add_argument("--experiment", "-e", help="the experiment, for 'latest'")
+    rp.add_argument("--repo", help="clone this (path or URL) instead of the recorded remote")
+    rp.add_argument("--workdir", default="work", help="where replays/<run>-<stamp>/ go")
+    rp.add_argument("--rebuild-env", dest="rebuild_env", action="store_true", default=None,
+                    help="always build the environment from the lock")
+    rp.add_argument("--no-rebuild-env", dest="rebuild_env", action="store_false",
+                    help="never build it: replay in the current environment")
+    rp.add_argument("--allow-missing", action="store_true",
+                    help="go on when untracked files were not captured")
+    rp.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    rp.set_defaults(func=_cmd_replay)
+
+    vf = sub.add_parser("verify", help="the verdict of two existing runs (or bundles)")
+    vf.add_argument("original")
+    vf.add_argument("replay")
+    vf.add_argument("--tracking-uri")
+    vf.set_defaults(func=_cmd_verify)
+
+    df = sub.add_parser("diff", help="the ranked environment differences of two runs")
+    df.add_argument("run_a")
+    df.add_argument("run_b")
+    df.add_argument("--tracking-uri")
+    df.set_defaults(func=_cmd_diff)
+
+    bd = sub.add_parser("bundle", help="bundle export RUN -o FILE: a run, replayable offline")
+    bd.add_argument("action", choices=["export"])
+    bd.add_argument("run")
+    bd.add_argument("-o", "--output", required=True, help="the bundle file (.tar.gz)")
+    bd.add_argument("--tracking-uri")
+    bd.set_defaults(func=_cmd_bundle)
 
     sub.add_parser("capture", help="print the run manifest of this environment "
                                    "(replab capture --help)")

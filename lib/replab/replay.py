@@ -491,3 +491,156 @@ def _find_replay(uri: str, original: str, since_ms: int) -> str | None:
         log.warning("cannot look up the replay run: %s", exc)
         return None
     return runs[0].info.run_id if runs else None
+
+
+# -- the whole replay, to a verdict ----------------------------------------------------------
+@dataclass
+class ReplayResult:
+    source: Source
+    workspace: Path
+    python: str
+    mismatches: list[str]
+    execution: Execution
+    verdict: Any = None  # replab.verdict.Verdict
+    report: dict[str, Path] = field(default_factory=dict)
+
+
+def record_of(source: Source):
+    """The original run as :class:`replab.verdict.RunRecord` (from the server or a bundle)."""
+    from .verdict import RunRecord
+
+    return RunRecord(run_id=source.run_id, params=dict(source.params),
+                     metrics={k: [(int(s), float(v)) for s, v in pts]
+                              for k, pts in source.metrics.items()},
+                     manifest=source.manifest, tags=dict(source.tags))
+
+
+def replay_run(run_or_bundle: str, *, experiment: str | None = None,
+               tracking_uri: str | None = None, repo: str | os.PathLike | None = None,
+               workdir: str | os.PathLike = "work", rebuild_env: bool | None = None,
+               allow_missing: bool = False, tolerances=None,
+               progress: Say | None = None) -> ReplayResult:
+    """Replay a run (id, ``latest`` with ``experiment``, or a bundle file) and judge it.
+
+    The new run is logged to ``tracking_uri`` (default: MLFLOW_TRACKING_URI), tagged as a
+    replay of the original; the verdict report goes to ``<workdir>/replays/<run>-<stamp>/``
+    and onto the new run. Raises ReplayError when the replay cannot run or records no run.
+    """
+    from . import verdict as verdict_mod
+
+    say = progress or (lambda _m: None)
+    source = load(run_or_bundle, experiment=experiment, tracking_uri=tracking_uri)
+    say(f"replaying run {source.run_id} from {source.origin}")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    base = Path(workdir) / "replays" / f"{source.run_id[:12]}-{stamp}"
+    ws = rebuild_workspace(source, base / "workspace", repo=repo,
+                           allow_missing=allow_missing, progress=say)
+    python, mismatches = ensure_environment(source.lock, rebuild=rebuild_env, progress=say)
+    ex = execute(source, ws, python, tracking_uri=tracking_uri, progress=say)
+    if not ex.new_run_id:
+        raise ReplayError(f"the replay exited with {ex.returncode} and recorded no run; "
+                          f"its output ends with:\n{ex.log_tail}")
+    client = _client(tracking_uri)
+    new = verdict_mod.fetch_record(client, ex.new_run_id)
+    v = verdict_mod.compare(record_of(source), new, tolerances)
+    paths = verdict_mod.write_report(v, record_of(source), new, base / "report")
+    try:
+        verdict_mod.log_report(client, ex.new_run_id, paths, v)
+    except Exception as exc:  # the report is on disk; the server may refuse big artifacts
+        log.warning("could not attach the report to run %s: %s", ex.new_run_id, exc)
+    say(f"verdict: {v.verdict.value}; report in {base / 'report'}")
+    return ReplayResult(source, ws, python, mismatches, ex, v, paths)
+
+
+def _record(run_or_bundle: str, tracking_uri: str | None):
+    from . import verdict as verdict_mod
+
+    if run_or_bundle.endswith((".tar.gz", ".tgz")) or Path(run_or_bundle).is_file():
+        return record_of(load_bundle(run_or_bundle))
+    return verdict_mod.fetch_record(_client(tracking_uri), run_or_bundle)
+
+
+def verify(run_a: str, run_b: str, *, tracking_uri: str | None = None, tolerances=None):
+    """The verdict of two existing runs (ids or bundle files), ``run_a`` the original."""
+    from . import verdict as verdict_mod
+
+    a, b = _record(run_a, tracking_uri), _record(run_b, tracking_uri)
+    return verdict_mod.compare(a, b, tolerances), a, b
+
+
+def diff(run_a: str, run_b: str, *, tracking_uri: str | None = None) -> list:
+    """The ranked environment differences between two runs (ids or bundle files)."""
+    from .envdiff import env_diff
+
+    a, b = _record(run_a, tracking_uri), _record(run_b, tracking_uri)
+    return env_diff(a.manifest, b.manifest)
+
+
+# -- displays for 4_replay -------------------------------------------------------------------
+def record_markdown(source: Source) -> str:
+    """The record of a run, for display: where it comes from, params, final metrics, and
+    the environment it ran in."""
+    c = source.captures
+    git, py = c.get("git") or {}, c.get("python") or {}
+    gpu, entry = c.get("gpu") or {}, c.get("entrypoint") or {}
+    plat = c.get("platform") or {}
+    env_rows = [
+        ("code", f"{(git.get('commit') or '?')[:12]}"
+                 f"{' + uncommitted changes' if git.get('dirty') else ''}"
+                 f" ({git.get('remote_url') or 'no remote'})"),
+        ("entrypoint", f"{entry.get('kind', '?')}: {entry.get('path') or entry.get('module') or ' '.join(entry.get('command') or [])} {' '.join(entry.get('argv') or [])}"),  # noqa: E501
+        ("python", f"{py.get('version', '?')} ({py.get('implementation', '?')})"),
+        ("packages", f"{len((c.get('packages') or {}).get('versions') or {})} installed, "
+                     f"lock {((c.get('packages') or {}).get('lock_hash') or '?')[:12]}"),
+        ("platform", f"{(plat.get('distribution') or {}).get('PRETTY_NAME', '?')}, "
+                     f"{plat.get('cpu_model', '?')} x{plat.get('cpu_count', '?')}"),
+        ("GPU", ", ".join(d.get("name", "?") for d in gpu.get("devices") or []) or "none"),
+        ("seed", source.tags.get(tracking.TAG_SEED, "not recorded")),
+    ]
+    lines = [f"### Run `{source.run_id}`", "", f"From {source.origin}; experiment "
+             f"`{source.experiment}`.", "", "| parameter | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(source.params.items())] or ["| (none) | |"]
+    lines += ["", "| metric | points | final |", "|---|---|---|"]
+    lines += [f"| {k} | {len(v)} | {v[-1][1]:.6g} |" for k, v in sorted(source.metrics.items())
+              if v]
+    lines += ["", "| environment | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env_rows]
+    return "\n".join(lines) + "\n"
+
+
+def diff_here_markdown(source: Source, limit: int = 15) -> str:
+    """How this machine differs from the run's environment, heaviest first."""
+    from . import capture
+    from .envdiff import env_diff
+    from .verdict import describe
+
+    here = capture.collect()
+    diffs = env_diff(source.manifest, here)
+    if not diffs:
+        return "This machine's environment matches the run's.\n"
+    rows = [f"- {describe(d)}" for d in diffs[:limit]]
+    more = f"\n- ... and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return (f"**{len(diffs)} difference(s) between the run's environment and this "
+            "machine**, most likely to matter first:\n\n" + "\n".join(rows) + more + "\n")
+
+
+@dataclass
+class Target:
+    run: str
+    experiment: str | None
+    uri: str | None
+
+
+def notebook_target(workdir: str, run: str, experiment: str = "",
+                    tracking_uri: str = "") -> Target:
+    """4_replay's parameters resolved: the experiment defaults to the configured one and
+    the tracking server to the lab's (``lab.json``). Bundles need neither."""
+    wd = Path(workdir)
+    if run.endswith((".tar.gz", ".tgz")):
+        return Target(run, None, tracking_uri or None)
+    if not experiment and (wd / "config.yaml").exists():
+        from . import config
+
+        experiment = config.load(wd).experiment
+    if not tracking_uri and (wd / "lab.json").exists():
+        tracking_uri = json.loads((wd / "lab.json").read_text()).get("mlflow_url") or ""
+    return Target(run, experiment or None, tracking_uri or None)
