@@ -107,3 +107,24 @@ def test_cli_replay_of_a_missing_run_is_a_replay_error(tracking_uri, bad, tmp_pa
     r = subprocess.run([sys.executable, "-m", "replab.cli", "replay", bad, "--workdir",
                         str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 4 and "not found" in r.stderr
+
+
+def test_4_replay_notebook_browses_and_replays(tracking_uri, tmp_path):
+    from tests.notebooks import execute, outputs_text
+
+    repo = _repo(tmp_path, "digits")
+    original = _train(repo, tracking_uri, "--seed", "8", "--epochs", "2")
+    wd = tmp_path / "wd"
+    browse = tmp_path / "browse.ipynb"
+    execute("4_replay.ipynb", browse, workdir=str(wd), run=original,
+            tracking_uri=tracking_uri, browse_only=True)
+    shown = outputs_text(browse)
+    assert f"Run `{original}`" in shown and "val_accuracy" in shown and "verdict" not in shown
+    bundle = replay.export_bundle(original, tmp_path / "r.tar.gz")
+    from_bundle = tmp_path / "bundle.ipynb"
+    execute("4_replay.ipynb", from_bundle, workdir=str(wd), run=str(bundle), browse_only=True)
+    assert f"Run `{original}`" in outputs_text(from_bundle)
+    full = tmp_path / "full.ipynb"
+    execute("4_replay.ipynb", full, workdir=str(wd), run=original, tracking_uri=tracking_uri,
+            repo=str(repo))
+    assert "REPRODUCED" in outputs_text(full)
