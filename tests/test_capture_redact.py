@@ -5,7 +5,7 @@ from __future__ import annotations
 import string
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from replab.redact import (
@@ -97,6 +97,10 @@ def test_redact_keeps_what_is_safe():
 
 @given(secret=TOKENS)
 def test_redact_env_hides_planted_secrets(secret):
+    # A "secret" that is part of the surrounding literal text (e.g. "access_t" inside
+    # "access_token=") cannot be told apart from it: such draws test nothing.
+    assume(not any(secret in text for text in (
+        "INFO access_token=", "https://user:", "@mlflow.example.org/")))
     env = {
         "HF_TOKEN": secret,
         "WANDB_API_KEY": secret,
