@@ -1,0 +1,275 @@
+"""2_provision and 5_teardown, as library calls the notebooks stay thin around.
+
+``provision_all``: plan -> lease -> keypair/security group -> server -> floating IP -> SSH ->
+host setup, every resource recorded in ``<workdir>/state.json`` as soon as it exists, so a
+re-run resumes and a failure midway leaves an inventory that teardown can clean up.
+``teardown``: back up MLflow -> stop the lab -> delete the server, release floating IPs the
+lease does not own, delete the lease, security group, keypair and credentials; buckets are
+kept unless asked. On ``site=local`` the "host" is this machine: its prerequisites are
+checked, nothing is reserved.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, ReplabError
+
+log = logging.getLogger(__name__)
+Say = Callable[[str], None]
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+
+def local_prerequisites(cfg) -> list[Check]:
+    """What the local lab needs on this machine, each checked and explained."""
+    def module(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None
+
+    checks = [
+        Check("python", sys.version_info >= (3, 10), sys.version.split()[0] + " (>= 3.10)"),
+        Check("mlflow", module("mlflow"), "pip install -r requirements.txt"),
+        Check("jupyterlab", module("jupyterlab"), "pip install -r requirements.txt"),
+        Check("papermill", module("papermill"), "pip install -r requirements.txt"),
+        Check("git", shutil.which("git") is not None, "apt-get install git (replays clone)"),
+    ]
+    if cfg.lab.mlflow_backend == "postgresql":
+        pg = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob(
+            "*/bin/initdb"))), None) if Path("/usr/lib/postgresql").exists() else None
+        checks.append(Check("postgresql", pg is not None,
+                            "apt-get install postgresql (the lab starts its own cluster)"))
+    free = shutil.disk_usage(cfg.workdir_path.parent if cfg.workdir_path.parent.exists()
+                             else Path.cwd()).free
+    checks.append(Check("disk", free > 2 * 1024**3, f"{free / 1024**3:.1f} GiB free (>= 2)"))
+    checks.append(Check("rclone", shutil.which("rclone") is not None,
+                        "optional: mounts of object-store buckets", required=False))
+    return checks
+
+
+def plan_markdown(cfg, state=None) -> str:
+    """The calls 2_provision would make (nothing for ``local``)."""
+    from . import cloud
+
+    if cfg.is_local:
+        return ("**site=local**: no lease, no server; this machine is the host. "
+                "Its prerequisites are checked below.\n")
+    calls = cloud.plan(cfg, state=state)
+    lines = [f"**Plan for {cfg.site}** ({len(calls)} calls; nothing is created in a dry run)",
+             "", "| # | call | what |", "|---|---|---|"]
+    lines += [f"| {i} | `{c.method} {c.service} {c.path}` | {c.summary} |"
+              for i, c in enumerate(calls, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _public_key(path: str) -> str:
+    p = Path(os.path.expanduser(path))
+    if not p.exists():
+        raise ConfigError([("public_key", f"{p} does not exist: give the path of the SSH "
+                                          "public key the server should accept "
+                                          "(ssh-keygen -t ed25519 makes one)")])
+    return p.read_text().strip()
+
+
+@dataclass
+class Provisioning:
+    address: str | None = None
+    steps: list[Any] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    pending_until: Any = None
+
+
+def provision_all(cfg, *, public_key: str = "~/.ssh/id_rsa.pub", private_key: str | None = None,
+                  cloud_name: str | None = None, setup: bool = True,
+                  progress: Say | None = None) -> Provisioning:
+    """Everything 2_provision does (see the module doc). Raises ConfigError for bad input,
+    CloudError (with the service's reason) and ResourceTimeout; state.json keeps what exists.
+    """
+    from . import cloud
+
+    say = progress or (lambda _m: None)
+    if cfg.is_local:
+        checks = local_prerequisites(cfg)
+        for c in checks:
+            say(f"{'ok ' if c.ok else 'MISSING'} {c.name}: {c.detail}")
+        missing = [c for c in checks if c.required and not c.ok]
+        if missing:
+            raise ConfigError([(c.name, f"missing: {c.detail}") for c in missing])
+        return Provisioning(checks=checks)
+    state = cloud.State.load(cfg.workdir)
+    key = _public_key(public_key)
+    blazar, conn = cloud.connect(cfg, cloud=cloud_name)
+    result = cloud.provision(cfg, blazar, conn, state=state, public_key=key, progress=say)
+    if result.pending_until:
+        say(f"the lease starts at {result.pending_until}: re-run 2_provision then")
+        return Provisioning(pending_until=result.pending_until)
+    out = Provisioning(address=result.address)
+    if private_key:
+        entry = state.get("server")
+        state.record("server", id=entry["id"], name=entry["name"], site=entry["site"],
+                     key_filename=os.path.expanduser(private_key))
+    if setup and result.address:
+        from . import credentials, hostsetup, remote
+
+        host = remote.Host(result.address, key_filename=os.path.expanduser(private_key)
+                           if private_key else None)
+        remote.wait_for_ssh(host, progress=say)
+        conn_ssh = remote.connect(host)
+        out.steps = hostsetup.setup_host(conn_ssh, cfg, credentials.SecretsStore(cfg.workdir),
+                                         progress=say)
+    return out
+
+
+@dataclass
+class Teardown:
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = ["| | |", "|---|---|"]
+        lines += [f"| deleted | {d} |" for d in self.deleted]
+        lines += [f"| kept | {k} |" for k in self.kept]
+        lines += [f"| **problem** | {p} |" for p in self.problems]
+        return "\n".join(lines) + "\n"
+
+
+def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = False,
+             cloud_name: str | None = None, progress: Say | None = None) -> Teardown:
+    """Give everything back (see the module doc); idempotent. A step that fails is reported
+    in ``problems`` and the others still run, so one failure leaks nothing else."""
+    from . import lab
+
+    say = progress or (lambda _m: None)
+    out = Teardown()
+
+    def step(what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except ReplabError as exc:
+            out.problems.append(f"{what}: {exc}")
+            say(f"{what} failed: {exc}")
+        except Exception as exc:  # a teardown must go on
+            out.problems.append(f"{what}: {type(exc).__name__}: {exc}")
+            say(f"{what} failed: {type(exc).__name__}: {exc}")
+        return None
+
+    if (cfg.workdir_path / "lab.json").exists():
+        from .lab import backup
+
+        info = step("MLflow backup", lambda: backup.backup(cfg, reason="teardown"))
+        if info:
+            out.kept.append(f"MLflow backup {info.location} ({info.runs} runs)")
+        stopped = step("stop the lab", lambda: lab.stop(cfg))
+        if stopped is not None:
+            out.deleted.append("the lab's services" + (f" ({', '.join(stopped)})"
+                                                       if stopped else ""))
+    if not cfg.is_local:
+        _teardown_cloud(cfg, out, step, cloud_name, say)
+    buckets = [cfg.buckets.data, cfg.buckets.artifacts, cfg.buckets.backups]
+    if delete_buckets:  # before the credentials: deleting buckets needs the EC2 keys
+        step("delete buckets", lambda: _delete_buckets(cfg, buckets, out))
+    else:
+        out.kept.append(f"buckets {', '.join(buckets)} (delete_buckets=True removes them)")
+    if not cfg.is_local:
+        _delete_credentials(cfg, out, step, cloud_name, keep_credentials)
+    return out
+
+
+def _teardown_cloud(cfg, out: Teardown, step, cloud_name, say) -> None:
+    from . import cloud
+
+    state = cloud.State.load(cfg.workdir)
+    live = state.live()
+    if live:
+        clients = step("connect", lambda: cloud.connect(cfg, cloud=cloud_name))
+        if clients:
+            blazar, conn = clients
+            for kind, fn in (
+                ("server", lambda e: cloud.delete_server(conn, e["id"], wait=True)),
+                ("floating_ip", lambda e: None if e.get("owned_by_lease") else
+                 cloud.release_floating_ip(conn, e["id"])),
+                ("lease", lambda e: cloud.delete_lease(blazar, e["id"])),
+                ("security_group", lambda e: cloud.delete_security_group(conn, e["id"])),
+                ("keypair", lambda e: cloud.delete_keypair(conn, e["id"])),
+            ):
+                entry = state.get(kind)
+                if not entry:
+                    continue
+                if kind == "floating_ip" and entry.get("owned_by_lease"):
+                    state.mark_deleted(kind)
+                    out.kept.append(f"floating IP {entry['name']} (the lease returns it)")
+                    continue
+                done = step(f"delete {kind} {entry['name']}", lambda e=entry, f=fn: f(e))
+                if done is not None or kind == "floating_ip":
+                    state.mark_deleted(kind)
+                    out.deleted.append(f"{kind} {entry['name']} ({entry['id']})")
+                    say(f"deleted {kind} {entry['name']}")
+
+
+def _delete_credentials(cfg, out: Teardown, step, cloud_name, keep_credentials) -> None:
+    if keep_credentials:
+        out.kept.append("application and EC2 credentials (keep_credentials=True)")
+        return
+    from . import credentials
+
+    store = credentials.SecretsStore(cfg.workdir)
+    if store.credentials().get("application_credential") or store.credentials().get("ec2"):
+        auth = step("authenticate at the storage site",
+                    lambda: credentials.authenticate(cfg.storage_auth_url, cloud=cloud_name))
+        if auth:
+            for o in step("delete credentials",
+                          lambda: credentials.delete_credentials(auth, store)) or []:
+                out.deleted.append(f"{o.what} {o.detail}")
+
+
+def _delete_buckets(cfg, names: list[str], out: Teardown) -> None:
+    from . import credentials, storage
+
+    if cfg.is_local:
+        for name in names:
+            path = cfg.workdir_path / "buckets" / name
+            if path.exists():
+                shutil.rmtree(path)
+                out.deleted.append(f"bucket directory {path}")
+        return
+    ec2 = credentials.SecretsStore(cfg.workdir).credentials().get("ec2")
+    if not ec2:
+        raise ConfigError("no EC2 credential left to delete the buckets with: delete them "
+                          "before the credentials (keep_credentials=True), or in Horizon")
+    s3 = storage.s3_client(cfg.s3_endpoint, ec2["access"], ec2["secret"])
+    for name in names:
+        if storage.delete_bucket(s3, name, force=True):
+            out.deleted.append(f"bucket {name}")
+
+
+def inventory_markdown(cfg) -> str:
+    """What exists for this experiment (state.json, the lab, credentials, buckets)."""
+    from . import cloud, credentials
+
+    rows = [(kind, f"{e['name']} ({e['id']})") for kind, e in
+            cloud.State.load(cfg.workdir).live().items()]
+    if (cfg.workdir_path / "lab.json").exists():
+        rows.append(("lab", str(cfg.workdir_path / "lab.json")))
+    data = credentials.SecretsStore(cfg.workdir).credentials()
+    if data.get("application_credential"):
+        rows.append(("application credential", data["application_credential"]["name"]))
+    if data.get("ec2"):
+        rows.append(("EC2 credential", "yes"))
+    rows.append(("buckets", ", ".join([cfg.buckets.data, cfg.buckets.artifacts,
+                                       cfg.buckets.backups])))
+    return "**What exists now**\n\n| | |\n|---|---|\n" + "\n".join(
+        f"| {k} | {v} |" for k, v in rows) + "\n"
