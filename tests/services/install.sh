@@ -26,10 +26,11 @@ MARKER="$VENV/.replab-keystone-$KEYSTONE_VERSION"
 CONSTRAINTS="$HERE/keystone-constraints.txt"
 
 APT_PACKAGES=(swift swift-proxy swift-account swift-container swift-object memcached rclone
-    fuse3 curl openssh-server)
+    fuse3 curl openssh-server postgresql)
 # The command each package provides; a package is installed only when its command is missing.
 APT_COMMANDS=(swift-ring-builder swift-proxy-server swift-account-server swift-container-server
-    swift-object-server memcached rclone fusermount3 curl /usr/sbin/sshd)
+    swift-object-server memcached rclone fusermount3 curl /usr/sbin/sshd
+    /usr/lib/postgresql/15/bin/initdb)
 
 log() { printf 'install.sh: %s\n' "$*" >&2; }
 
