@@ -29,7 +29,7 @@ demo: install
 # the tests that need them.
 services:
 	@if [ "$$REPLAB_SKIP_SERVICES" = 1 ]; then echo "services skipped (REPLAB_SKIP_SERVICES=1)"; \
-	 else bash tests/services/install.sh; fi
+	 else bash tests/services/install.sh && bash tests/services/docker.sh install; fi
 
 test: install services
 	$(BIN)/python -m pytest
