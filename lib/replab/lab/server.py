@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import remote
+from .. import hostsetup, remote
 from ..errors import ResourceTimeout
 from . import compose
 
@@ -111,11 +111,10 @@ def launch_remote(cfg, host: remote.Host, *, conn=None, progress: Callable[[str]
         compose_path, env_path = compose.write_compose(cfg, tmp, host_env=gids,
                                                        host_paths=paths)
         say(f"uploading the lab to {host.target}:{paths.root}")
-        sent = remote.put_tree(conn, [(ROOT / p, p) for p in SOURCE_PARTS
-                                      if (ROOT / p).exists()], paths.source)
+        step = hostsetup.upload_lab(conn, cfg, paths=paths)  # only when the source changed
         remote.put_text(conn, compose_path.read_text(), f"{paths.lab}/compose.yaml", 0o644)
         remote.put_text(conn, env_path.read_text(), f"{paths.lab}/.env", 0o600)
-    say(f"uploaded {sent / 1e6:.1f} MB; restoring MLflow history if the database is new")
+    say(f"lab source: {step.detail}; restoring MLflow history if the database is new")
     _restore_database(cfg, conn, paths, say)
     say("docker compose up -d --build (the first build takes several minutes)")
     remote.run(conn, compose_argv(paths, "up", "-d", "--build"), timeout=timeout)
