@@ -24,6 +24,7 @@ delete_buckets: bool = False  # also delete the data, artifacts and backups buck
 keep_credentials: bool = False  # keep the application and EC2 credentials
 cloud: str = ""  # clouds.yaml entry to authenticate with (default: JupyterHub, OS_CLOUD)
 dry_run: bool = False  # show what exists; delete nothing
+keep_lab: bool = False  # back the lab up but leave it running (make demo does)
 
 # %%
 from IPython.display import Markdown, display
@@ -37,5 +38,6 @@ display(Markdown(provisioning.inventory_markdown(cfg)))
 if not dry_run:
     result = provisioning.teardown(cfg, delete_buckets=delete_buckets,
                                    keep_credentials=keep_credentials,
-                                   cloud_name=cloud or None, progress=print)
+                                   cloud_name=cloud or None, keep_lab=keep_lab,
+                                   progress=print)
     display(Markdown(result.markdown()))

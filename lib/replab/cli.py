@@ -78,6 +78,12 @@ def _demo_summary(workdir: Path) -> None:
                   f"{r.info.run_id}")
     except Exception as exc:  # the summary is a convenience; the demo itself succeeded
         print(f"(could not list the demo's runs: {exc})")
+    reports = sorted(workdir.glob("replays/*/report/verdict.json"),
+                     key=lambda p: p.stat().st_mtime)
+    if reports:
+        v = json.loads(reports[-1].read_text())
+        print(f"replay of run {v.get('original_id')}: verdict {v.get('verdict')} "
+              f"(report: {reports[-1].parent / 'report.html'})")
     print(f"stop the lab with: replab lab stop --workdir {workdir}")
 
 

@@ -148,9 +148,11 @@ class Teardown:
 
 
 def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = False,
-             cloud_name: str | None = None, progress: Say | None = None) -> Teardown:
+             cloud_name: str | None = None, keep_lab: bool = False,
+             progress: Say | None = None) -> Teardown:
     """Give everything back (see the module doc); idempotent. A step that fails is reported
-    in ``problems`` and the others still run, so one failure leaks nothing else."""
+    in ``problems`` and the others still run, so one failure leaks nothing else.
+    ``keep_lab``: back the lab up but leave it running (and everything else in place)."""
     from . import lab
 
     say = progress or (lambda _m: None)
@@ -173,6 +175,9 @@ def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = Fals
         info = step("MLflow backup", lambda: backup.backup(cfg, reason="teardown"))
         if info:
             out.kept.append(f"MLflow backup {info.location} ({info.runs} runs)")
+        if keep_lab:
+            out.kept.append("the lab, running (keep_lab=True)")
+            return out
         stopped = step("stop the lab", lambda: lab.stop(cfg))
         if stopped is not None:
             out.deleted.append("the lab's services" + (f" ({', '.join(stopped)})"
