@@ -13,6 +13,7 @@ port variables that tests/services/openstack.py documents.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -205,3 +206,44 @@ def clouds_yaml(stack: LocalOpenStack, path: Path, name: str = "demo") -> str:
                  "project_domain_name": "Default"},
         "region_name": stack.region}}}))
     return str(path)
+
+
+@contextlib.contextmanager
+def ec2_credential(stack: LocalOpenStack) -> Iterator[dict[str, Any]]:
+    """An EC2 credential of the demo user, made with an unrestricted application credential
+    (Keystone 29 creates EC2 credentials from those); both deleted afterwards."""
+    import uuid
+
+    import openstack.connection
+
+    conn = demo_connection(stack)
+    uid = conn.current_user_id
+    app = conn.identity.create_application_credential(
+        user=uid, name=f"replab-test-{uuid.uuid4().hex[:8]}", unrestricted=True)
+    ac = openstack.connection.Connection(
+        auth_type="v3applicationcredential",
+        auth={"auth_url": stack.auth_url, "application_credential_id": app.id,
+              "application_credential_secret": app.secret},
+        region_name=stack.region)
+    cred = None
+    try:
+        r = ac.identity.post(f"/users/{uid}/credentials/OS-EC2",
+                             json={"tenant_id": stack.demo.project_id})
+        assert r.status_code == 201, r.text
+        cred = r.json()["credential"]
+        yield {"access": cred["access"], "secret": cred["secret"], "ac_id": app.id,
+               "ac_secret": app.secret, "stack": stack}
+    finally:
+        if cred is not None:
+            r = ac.identity.delete(f"/users/{uid}/credentials/OS-EC2/{cred['access']}")
+            assert r.status_code == 204, r.text
+        ac.close()
+        conn.identity.delete_application_credential(uid, app.id)
+        conn.close()
+
+
+@pytest.fixture
+def ec2(local_openstack) -> Iterator[dict[str, Any]]:
+    """An EC2 credential of the demo user for this test (see :func:`ec2_credential`)."""
+    with ec2_credential(local_openstack) as cred:
+        yield cred

@@ -5,7 +5,6 @@ a temporary root, so this machine's /etc is never written."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import subprocess
@@ -20,21 +19,12 @@ from replab.lab import backup, server
 from replab.lab.compose import HostPaths
 from tests.conftest import basic
 from tests.gitrepo import git, make_repo
+from tests.goldens import checker
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "hostsetup"
-UPDATE = os.environ.get("REPLAB_UPDATE_GOLDEN") == "1"
 services = pytest.mark.services  # the tests that log in to the real sshd
 
 
-def golden(name: str, text: str) -> None:
-    """``text`` equals tests/golden/hostsetup/NAME (REPLAB_UPDATE_GOLDEN=1 rewrites it)."""
-    path = GOLDEN / name
-    if UPDATE or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        if not UPDATE:
-            pytest.fail(f"golden file {path} did not exist; written now, check it in")
-    assert text == path.read_text(), f"differs from {path} (REPLAB_UPDATE_GOLDEN=1 rewrites)"
+golden = checker("hostsetup")
 
 
 def _local_ok(*argv: str) -> bool:

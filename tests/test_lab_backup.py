@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -16,13 +15,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import openstack.connection
 import pytest
 
 from replab import storage
 from replab.errors import ConfigError
 from replab.lab import backup, local
-from tests.fixtures_openstack import LocalOpenStack, demo_connection
+from tests.fixtures_openstack import LocalOpenStack, ec2_credential
+from tests.goldens import checker
 from tests.lab_support import (
     assert_runs_present,
     lab_workdir,
@@ -31,19 +30,7 @@ from tests.lab_support import (
     need_postgres,
 )
 
-GOLDEN = Path(__file__).parent / "golden" / "lab-backup"
-UPDATE = os.environ.get("REPLAB_UPDATE_GOLDEN") == "1"
-
-
-def golden(name: str, text: str) -> None:
-    """``text`` equals tests/golden/lab-backup/NAME (REPLAB_UPDATE_GOLDEN=1 rewrites it)."""
-    path = GOLDEN / name
-    if UPDATE or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        if not UPDATE:
-            pytest.fail(f"golden file {path} did not exist; written now, check it in")
-    assert text == path.read_text(), f"differs from {path} (REPLAB_UPDATE_GOLDEN=1 rewrites)"
+golden = checker("lab-backup")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -246,31 +233,10 @@ def test_postgresql_round_trip_and_explicit_restore(tmp_path):
 # -- S3 on the local Swift ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ec2(local_openstack: LocalOpenStack) -> Iterator[dict]:
-    """An EC2 credential of the demo user, made with an application credential (as
-    1_create_credentials makes it); deleted at the end."""
-    stack = local_openstack
-    conn = demo_connection(stack)
-    uid = conn.current_user_id
-    app = conn.identity.create_application_credential(
-        user=uid, name=f"replab-lab-{uuid.uuid4().hex[:8]}", unrestricted=True)
-    ac_conn = openstack.connection.Connection(
-        auth_type="v3applicationcredential",
-        auth={"auth_url": stack.auth_url, "application_credential_id": app.id,
-              "application_credential_secret": app.secret},
-        region_name=stack.region)
-    cred = None
-    try:
-        r = ac_conn.identity.post(f"/users/{uid}/credentials/OS-EC2",
-                                  json={"tenant_id": stack.demo.project_id})
-        assert r.status_code == 201, r.text
-        cred = r.json()["credential"]
-        yield {"access": cred["access"], "secret": cred["secret"], "stack": stack}
-    finally:
-        if cred is not None:
-            ac_conn.identity.delete(f"/users/{uid}/credentials/OS-EC2/{cred['access']}")
-        ac_conn.close()
-        conn.identity.delete_application_credential(uid, app.id)
-        conn.close()
+    """An EC2 credential of the demo user for this module (as 1_create_credentials makes
+    it); deleted at the end."""
+    with ec2_credential(local_openstack) as cred:
+        yield cred
 
 
 @pytest.mark.services

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shutil
 import stat
@@ -21,12 +20,11 @@ import yaml
 from replab import config, sites
 from replab.errors import ConfigError
 from replab.lab import compose
+from tests.goldens import checker
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests" / "golden" / "lab"
 SCHEMA = ROOT / "tests" / "schemas" / "compose-spec.json"
 DOCKER = ROOT / "docker"
-UPDATE = os.environ.get("REPLAB_UPDATE_GOLDEN") == "1"
 
 # Planted secrets: none may reach compose.yaml.
 ENV = {
@@ -78,15 +76,7 @@ def validate(validator, spec) -> None:
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
 
 
-def golden(name: str, text: str) -> None:
-    """``text`` equals tests/golden/lab/NAME (REPLAB_UPDATE_GOLDEN=1 rewrites it)."""
-    path = GOLDEN / name
-    if UPDATE or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        if not UPDATE:
-            pytest.fail(f"golden file {path} did not exist; written now, check it in")
-    assert text == path.read_text(), f"differs from {path} (REPLAB_UPDATE_GOLDEN=1 rewrites)"
+golden = checker("lab")
 
 
 # -- golden files and the schema -------------------------------------------------------------

@@ -32,14 +32,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import openstack.connection
 import pytest
 import requests
 import yaml
 
 from replab import config, rclone, storage
 from replab.lab import compose
-from tests.fixtures_openstack import demo_connection
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.docker]
 
@@ -140,35 +138,6 @@ class Forward:
     def close(self) -> None:
         self.stop = True
         self.server.close()
-
-
-@pytest.fixture
-def ec2(local_openstack) -> Iterator[dict]:
-    """An EC2 credential of the demo user (made with an unrestricted application credential,
-    as tests/test_local_openstack.py does); deleted afterwards."""
-    stack = local_openstack
-    conn = demo_connection(stack)
-    uid = conn.current_user_id
-    app = conn.identity.create_application_credential(
-        user=uid, name=f"replab-lab-{uuid.uuid4().hex[:8]}", unrestricted=True)
-    ac = openstack.connection.Connection(
-        auth_type="v3applicationcredential",
-        auth={"auth_url": stack.auth_url, "application_credential_id": app.id,
-              "application_credential_secret": app.secret},
-        region_name=stack.region)
-    cred = None
-    try:
-        r = ac.identity.post(f"/users/{uid}/credentials/OS-EC2",
-                             json={"tenant_id": stack.demo.project_id})
-        assert r.status_code == 201, r.text
-        cred = r.json()["credential"]
-        yield cred
-    finally:
-        if cred is not None:
-            ac.identity.delete(f"/users/{uid}/credentials/OS-EC2/{cred['access']}")
-        ac.close()
-        conn.identity.delete_application_credential(uid, app.id)
-        conn.close()
 
 
 def run(argv: list[str], env: dict, timeout: float = 600, check: bool = True

@@ -18,15 +18,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import openstack.connection
 import pytest
 
 from replab import rclone, storage
 from replab.errors import CloudError, ConfigError, ResourceTimeout
-from tests.fixtures_openstack import LocalOpenStack, demo_connection
+from tests.fixtures_openstack import LocalOpenStack, ec2_credential
+from tests.goldens import checker
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "storage"
-UPDATE = os.environ.get("REPLAB_UPDATE_GOLDEN") == "1"
 MiB = 1024 * 1024
 
 FAKE_ACCESS = "0123456789abcdef0123456789abcdef"
@@ -35,15 +33,7 @@ FAKE_AC_ID = "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"
 FAKE_AC_SECRET = "app-cred-secret-not-real-0123456789"
 
 
-def golden(name: str, text: str) -> None:
-    """``text`` equals tests/golden/storage/NAME (REPLAB_UPDATE_GOLDEN=1 rewrites it)."""
-    path = GOLDEN / name
-    if UPDATE or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        if not UPDATE:
-            pytest.fail(f"golden file {path} did not exist; written now, check it in")
-    assert text == path.read_text(), f"differs from {path} (REPLAB_UPDATE_GOLDEN=1 rewrites)"
+golden = checker("storage")
 
 
 def unique(stem: str = "t") -> str:
@@ -295,32 +285,8 @@ def test_progress_factories_import_without_ipywidgets():
 def creds(local_openstack: LocalOpenStack) -> Iterator[dict]:
     """demo's unrestricted application credential and an EC2 credential made with it,
     both deleted at the end (as 1_create_credentials makes them)."""
-    stack = local_openstack
-    conn = demo_connection(stack)
-    uid = conn.current_user_id
-    app = conn.identity.create_application_credential(user=uid, name=unique("storage"),
-                                                      unrestricted=True)
-    ac_conn = openstack.connection.Connection(
-        auth_type="v3applicationcredential",
-        auth={"auth_url": stack.auth_url, "application_credential_id": app.id,
-              "application_credential_secret": app.secret},
-        region_name=stack.region,
-    )
-    ec2 = None
-    try:
-        r = ac_conn.identity.post(f"/users/{uid}/credentials/OS-EC2",
-                                  json={"tenant_id": stack.demo.project_id})
-        assert r.status_code == 201, r.text
-        ec2 = r.json()["credential"]
-        yield {"access": ec2["access"], "secret": ec2["secret"], "ac_id": app.id,
-               "ac_secret": app.secret, "stack": stack}
-    finally:
-        if ec2 is not None:
-            r = ac_conn.identity.delete(f"/users/{uid}/credentials/OS-EC2/{ec2['access']}")
-            assert r.status_code == 204, r.text
-        ac_conn.close()
-        conn.identity.delete_application_credential(uid, app.id)
-        conn.close()
+    with ec2_credential(local_openstack) as cred:
+        yield cred
 
 
 @pytest.fixture(scope="module")
