@@ -115,30 +115,14 @@ def _openstack():
 
 
 def _ec2(stack):
-    import openstack.connection
+    """An EC2 credential (tests.fixtures_openstack.ec2_credential) and how to delete it."""
+    import contextlib
 
-    from tests.fixtures_openstack import demo_connection
+    from tests.fixtures_openstack import ec2_credential
 
-    conn = demo_connection(stack)
-    uid = conn.current_user_id
-    app = conn.identity.create_application_credential(
-        user=uid, name=f"replab-bench-{uuid.uuid4().hex[:8]}", unrestricted=True)
-    ac = openstack.connection.Connection(
-        auth_type="v3applicationcredential",
-        auth={"auth_url": stack.auth_url, "application_credential_id": app.id,
-              "application_credential_secret": app.secret}, region_name=stack.region)
-    r = ac.identity.post(f"/users/{uid}/credentials/OS-EC2",
-                         json={"tenant_id": stack.demo.project_id})
-    r.raise_for_status()
-    cred = r.json()["credential"]
-
-    def cleanup():
-        ac.identity.delete(f"/users/{uid}/credentials/OS-EC2/{cred['access']}")
-        ac.close()
-        conn.identity.delete_application_credential(uid, app.id)
-        conn.close()
-
-    return {"access": cred["access"], "secret": cred["secret"]}, cleanup
+    resources = contextlib.ExitStack()
+    cred = resources.enter_context(ec2_credential(stack))
+    return {"access": cred["access"], "secret": cred["secret"]}, resources.close
 
 
 def bench_artifacts(args) -> float:
