@@ -70,10 +70,13 @@ def _demo_summary(workdir: Path) -> None:
         cfg = config.load(workdir)
         client = MlflowClient(url)
         exp = client.get_experiment_by_name(cfg.experiment)
+        from .tracking import TAG_REPLAY_OF
+
         runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
-                                  max_results=1) if exp else []
-        if runs:
-            r = runs[0]
+                                  max_results=20) if exp else []
+        originals = [r for r in runs if TAG_REPLAY_OF not in r.data.tags]
+        if originals:  # the example run (the newest run may be its replay)
+            r = originals[0]
             print(f"run {r.info.run_id}: {url}/#/experiments/{exp.experiment_id}/runs/"
                   f"{r.info.run_id}")
     except Exception as exc:  # the summary is a convenience; the demo itself succeeded
