@@ -30,6 +30,15 @@ pytestmark = pytest.mark.services
 
 
 
+
+def cmdline(proc: psutil.Process) -> str:
+    """The process's command line; "" once it has exited (a zombie, or reaped meanwhile:
+    short-lived children come and go while the lab runs)."""
+    try:
+        return " ".join(proc.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return ""
+
 def get(url: str, headers: dict | None = None):
     import requests
 
@@ -123,7 +132,7 @@ def test_kernels_get_the_tracking_uri_and_no_secret_is_on_a_command_line(sqlite_
     deadline = time.monotonic() + 30
     kernels: list = []
     while not kernels and time.monotonic() < deadline:
-        kernels = [k for k in jupyter.children() if "ipykernel" in " ".join(k.cmdline())]
+        kernels = [k for k in jupyter.children() if "ipykernel" in cmdline(k)]
         time.sleep(0.2)
     assert kernels, "no kernel process under Jupyter"
     kernel = kernels[0]  # left running: stop must end it too (test_stop_... below)
@@ -131,7 +140,7 @@ def test_kernels_get_the_tracking_uri_and_no_secret_is_on_a_command_line(sqlite_
     assert env["MLFLOW_TRACKING_URI"] == info.mlflow_url
     assert env["MLFLOW_EXPERIMENT_NAME"] == cfg.experiment
     for proc in family(info.pids.values()):
-        assert t not in " ".join(proc.cmdline())
+        assert t not in cmdline(proc)
 
 
 def test_everything_listens_on_loopback_only(sqlite_lab):
@@ -192,7 +201,7 @@ def test_load_eight_writers_sqlite(sqlite_lab):
 def test_stop_ends_exactly_what_it_started(sqlite_lab):
     cfg, info, *_ = sqlite_lab
     procs = family(info.pids.values())
-    assert any("ipykernel" in " ".join(p.cmdline()) for p in procs)
+    assert any("ipykernel" in cmdline(p) for p in procs)
     bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         lines = local.stop(cfg)
@@ -309,8 +318,7 @@ def test_postgres_is_private_loopback_and_not_root(pg_lab):
     assert (info.pids["postgres"], "127.0.0.1", info.ports["postgres"]) in sockets
     assert all(ip == "127.0.0.1" for _, ip, _ in sockets), sockets
     password = local.database(cfg).password
-    assert password and all(password not in " ".join(p.cmdline())
-                            for p in family(info.pids.values()))
+    assert password and all(password not in cmdline(p) for p in family(info.pids.values()))
     secret = local.paths(cfg).workdir / "secrets" / "postgres.env"
     assert secret.stat().st_mode & 0o777 == 0o600
     hba = (data / "pg_hba.conf").read_text() if os.access(data, os.R_OK) else ""
