@@ -18,7 +18,6 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
 import uuid
 from importlib.metadata import version
@@ -29,7 +28,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from replab import storage  # noqa: E402
 from replab.lab import local  # noqa: E402
-from tests.lab_support import lab_workdir, local_config  # noqa: E402
+from tests.lab_support import lab_workdir, local_config, write_points  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -37,35 +36,8 @@ MiB = 1024 * 1024
 def load(url: str, writers: int, points: int, batch: int = 1000) -> tuple[float, int]:
     """``writers`` threads, each its own run, ``points`` points of one metric in batches of
     ``batch`` (log_batch). Returns (seconds, points verified present)."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=url)
-    exp = client.create_experiment(f"bench-{uuid.uuid4().hex[:8]}")
-    runs = [client.create_run(exp).info.run_id for _ in range(writers)]
-    errors: list[BaseException] = []
-
-    def write(run_id: str) -> None:
-        try:
-            c = MlflowClient(tracking_uri=url)
-            now = int(time.time() * 1000)
-            pts = [Metric("m", float(i), now, i) for i in range(points)]
-            for k in range(0, points, batch):
-                c.log_batch(run_id, metrics=pts[k:k + batch])
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write, args=(r,)) for r in runs]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    took = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    present = sum(len(client.get_metric_history(r, "m")) for r in runs)
-    return took, present
+    took, steps = write_points(url, writers, points, batch=batch, join_timeout=600)
+    return took, sum(len(s) for s in steps.values())
 
 
 def bench_load(args) -> dict[str, float]:

@@ -146,3 +146,43 @@ def listening(procs) -> list[tuple[int, str, int]]:
             if c.status == psutil.CONN_LISTEN:
                 out.append((proc.pid, c.laddr.ip, c.laddr.port))
     return out
+
+
+def write_points(url: str, writers: int, points: int, *, batch: int = 1000,
+                 join_timeout: float = 120) -> tuple[float, dict[str, list[int]]]:
+    """``writers`` threads, each its own run, log ``points`` points of metric ``m`` with
+    ``log_batch`` (``batch`` a request). Returns (seconds, {run id: logged steps}). Raises
+    the first writer's error, or AssertionError when a writer is still running."""
+    import threading
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    exp = client.create_experiment(f"load-{time.time_ns()}")
+    run_ids = [client.create_run(exp).info.run_id for _ in range(writers)]
+    errors: list[BaseException] = []
+
+    def write(run_id: str) -> None:
+        try:
+            c = MlflowClient(tracking_uri=url)
+            now = int(time.time() * 1000)
+            pts = [Metric("m", float(i), now, i) for i in range(points)]
+            for k in range(0, points, batch):
+                c.log_batch(run_id, metrics=pts[k:k + batch])
+        except BaseException as exc:  # raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(r,)) for r in run_ids]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=join_timeout)
+    took = time.monotonic() - t0
+    if errors:
+        raise errors[0]
+    assert not any(t.is_alive() for t in threads), f"writers still running after {took:.0f}s"
+    return took, {r: sorted(m.step for m in client.get_metric_history(r, "m"))
+                  for r in run_ids}

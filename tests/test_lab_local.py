@@ -7,7 +7,6 @@ import os
 import re
 import socket
 import subprocess
-import threading
 import time
 
 import psutil
@@ -24,6 +23,7 @@ from tests.lab_support import (
     log_example_runs,
     need_postgres,
     token,
+    write_points,
 )
 
 pytestmark = pytest.mark.services
@@ -355,34 +355,7 @@ WRITERS, POINTS = 8, 2000
 def writers_load(url: str, writers: int = WRITERS, points: int = POINTS) -> float:
     """``writers`` threads each log ``points`` points of one metric (log_batch, 1000 a
     request) into their own run; every point must be there. Returns the seconds taken."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=url)
-    exp = client.create_experiment(f"load-{time.time_ns()}")
-    run_ids = [client.create_run(exp).info.run_id for _ in range(writers)]
-    errors: list[BaseException] = []
-
-    def write(run_id: str) -> None:
-        try:
-            c = MlflowClient(tracking_uri=url)
-            now = int(time.time() * 1000)
-            batch = [Metric("m", float(i), now, i) for i in range(points)]
-            for k in range(0, points, 1000):
-                c.log_batch(run_id, metrics=batch[k:k + 1000])
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write, args=(r,)) for r in run_ids]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    took = time.monotonic() - t0
-    assert not errors, errors
-    assert not any(t.is_alive() for t in threads)
-    for run_id in run_ids:
-        history = client.get_metric_history(run_id, "m")
-        assert sorted(m.step for m in history) == list(range(points)), run_id
+    took, steps = write_points(url, writers, points)
+    for run_id, logged in steps.items():
+        assert logged == list(range(points)), run_id
     return took
