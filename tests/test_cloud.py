@@ -112,12 +112,20 @@ class Api:
         self.mock.register_uri(method, url, list(self._responses[key]), complete_qs=True)
         self.expected.append(Call(method, service, path, body))
 
+    def reset(self) -> None:
+        """Forget what was called and expected: the next phase of a test starts afresh."""
+        self.mock.reset_mock()
+        self.expected.clear()
+        self._responses.clear()
+
     def calls(self) -> list[Call]:
         out = []
         for r in self.mock.request_history:
             if r.url.split("?")[0] in _PLUMBING:
                 continue
-            service = next(s for s, b in BASE.items() if r.url.startswith(b))
+            service = next((s for s, b in BASE.items() if r.url.startswith(b)), None)
+            if service is None:  # a real service the test lets through (real_http)
+                continue
             body = json.loads(r.body) if r.body else None
             out.append(Call(r.method, service, unquote(r.url[len(BASE[service]):]), body))
         return out
@@ -937,6 +945,187 @@ def test_provision_rerun_adopts_what_exists(api, clients, tmp_path):
     assert state.get("lease")["created"] is False
     planned = rc.plan(cfg, state=state, now=NOW)
     assert [c.method for c in planned] == [c.method for c in api.calls()]
+
+
+# -- 2_provision and 5_teardown (replab.provisioning) on recorded services --------------------
+GONE = {"itemNotFound": {"code": 404, "message": "not found"}}
+NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
+
+
+def _public_key_file(tmp_path) -> str:
+    path = tmp_path / "id_ed25519.pub"
+    path.write_text(KEY + "\n")
+    return str(path)
+
+
+def _register_adopted_lease_and_key(api: Api) -> None:
+    api.expect("GET", "network", "/v2.0/networks?name=public",
+               json={"networks": [{"id": PUBLIC_NET, "name": "public"}]})
+    api.expect("GET", "reservation", "/leases", json={"leases": [lease_json("ACTIVE")]})
+    api.expect("GET", "reservation", f"/leases/{LEASE_ID}",
+               json={"lease": lease_json("ACTIVE")})
+    api.expect("GET", "compute", "/os-keypairs/exp1-key",
+               json={"keypair": {"name": "exp1-key", "public_key": KEY}})
+
+
+def _register_boot(api: Api, statuses: tuple[str, ...], server_id: str = SERVER) -> None:
+    api.expect("GET", "image", f"/v2/images?name={sites.IMAGE_CUDA}",
+               json={"images": [{"id": IMAGE, "name": sites.IMAGE_CUDA}]})
+    api.expect("GET", "network", "/v2.0/networks?name=sharednet1",
+               json={"networks": [{"id": SHARED_NET, "name": "sharednet1"}]})
+    api.expect("GET", "compute", "/flavors?is_public=None",
+               json={"flavors": [{"id": "flv-bm", "name": "baremetal"}]})
+    api.expect("POST", "compute", "/servers", status=202,
+               json={"server": server_json(id=server_id)},
+               body={"server": {"name": "exp1-server", "imageRef": IMAGE,
+                                "flavorRef": "flv-bm", "key_name": "exp1-key",
+                                "networks": [{"uuid": SHARED_NET}]},
+                     "OS-SCH-HNT:scheduler_hints": {"reservation": NODE_RES}})
+    for status in statuses:
+        extra = {"fault": {"code": 500, "message": NO_VALID_HOST}} if status == "ERROR" else {}
+        api.expect("GET", "compute", f"/servers/{server_id}",
+                   json={"server": server_json(status, id=server_id, **extra)})
+
+
+def _provision_all(cfg, clients, tmp_path, lines):
+    from replab import provisioning
+
+    clock = FakeClock()
+    return provisioning.provision_all(cfg, public_key=_public_key_file(tmp_path),
+                                      clients=clients, setup=False, progress=lines.append,
+                                      now=NOW, clock=clock, sleep=clock.sleep)
+
+
+def test_server_in_error_midway_is_reported_recorded_and_torn_down(api, clients, tmp_path):
+    """The boot fails: a clear error with Nova's fault, state.json keeps what exists, the
+    teardown deletes exactly that (and says what it kept), and a second teardown calls
+    nothing."""
+    from replab import provisioning
+
+    cfg = make_cfg(workdir=str(tmp_path / "wd"))
+    _register_adopted_lease_and_key(api)
+    api.expect("GET", "compute", "/servers/detail?name=exp1-server", json={"servers": []})
+    _register_boot(api, ("BUILD", "ERROR"))
+    lines: list[str] = []
+    with pytest.raises(CloudError, match="No valid host was found") as err:
+        _provision_all(cfg, clients, tmp_path, lines)
+    assert SERVER in str(err.value) and "exp1-server" in str(err.value)
+    api.assert_calls()
+    state = rc.State.load(cfg.workdir)
+    assert set(state.live()) == {"lease", "keypair", "server"}
+    assert state.get("server")["id"] == SERVER
+
+    api.reset()
+    api.expect("DELETE", "compute", f"/servers/{SERVER}", status=204)
+    api.expect("GET", "compute", f"/servers/{SERVER}", status=404, json=GONE)
+    api.expect("DELETE", "reservation", f"/leases/{LEASE_ID}", status=204)
+    api.expect("DELETE", "compute", "/os-keypairs/exp1-key", status=202)
+    said: list[str] = []
+    done = provisioning.teardown(cfg, clients=clients, keep_credentials=True,
+                                 progress=said.append)
+    api.assert_calls()
+    assert not done.problems, done.problems
+    assert done.deleted == [f"server exp1-server ({SERVER})", f"lease exp1-lease ({LEASE_ID})",
+                            "keypair exp1-key (exp1-key)"]
+    assert any("buckets" in k for k in done.kept) and any("credentials" in k
+                                                          for k in done.kept)
+    assert rc.State.load(cfg.workdir).live() == {}
+    md = done.markdown()
+    assert "| deleted | server exp1-server" in md and "| kept | buckets" in md
+
+    api.mock.reset_mock()
+    again = provisioning.teardown(cfg, clients=clients, keep_credentials=True)
+    assert api.calls() == [] and again.deleted == [] and not again.problems
+
+
+def test_rerun_after_a_server_error_boots_a_new_server(api, clients, tmp_path):
+    """A re-run after the failure continues: the server left in ERROR is deleted (Nova never
+    recovers one) and a new one boots on the same reservation; state.json keeps both."""
+    cfg = make_cfg(workdir=str(tmp_path / "wd"))
+    state = rc.State.load(cfg.workdir)
+    state.record("server", id=SERVER, name="exp1-server", site="CHI@UC", created=True)
+    new_id = "dddddddd-0000-0000-0000-0000000000ff"
+    _register_adopted_lease_and_key(api)
+    api.expect("GET", "compute", "/servers/detail?name=exp1-server", json={"servers": [
+        server_json("ERROR", fault={"code": 500, "message": NO_VALID_HOST})]})
+    api.expect("DELETE", "compute", f"/servers/{SERVER}", status=204)
+    api.expect("GET", "compute", f"/servers/{SERVER}", status=404, json=GONE)
+    api.expect("GET", "compute", "/servers/detail?name=exp1-server", json={"servers": []})
+    _register_boot(api, ("BUILD", "ACTIVE"), server_id=new_id)
+    api.expect("GET", "network", f"/v2.0/floatingips?tags=reservation:{FIP_RES}",
+               json={"floatingips": [fip_json(tags=["blazar", f"reservation:{FIP_RES}"])]})
+    api.expect("GET", "network", f"/v2.0/ports?device_id={new_id}",
+               json={"ports": [{"id": PORT, "device_id": new_id}]})
+    api.expect("PUT", "network", f"/v2.0/floatingips/{FIP}",
+               json={"floatingip": fip_json(port_id=PORT)},
+               body={"floatingip": {"port_id": PORT}})
+    lines: list[str] = []
+    done = _provision_all(cfg, clients, tmp_path, lines)
+    api.assert_calls()
+    assert done.address == "192.5.87.10"
+    assert any("is in ERROR (No valid host" in ln and "booting a new one" in ln for ln in lines)
+    saved = json.loads((tmp_path / "wd" / "state.json").read_text())
+    assert saved["server"]["id"] == new_id and not saved["server"].get("deleted_at")
+    assert [h["id"] for h in saved["history"] if h["kind"] == "server"] == [SERVER]
+
+
+def test_ssh_repository_needs_an_agent_before_anything_is_created(requests_mock, clients,
+                                                                   tmp_path, monkeypatch):
+    from replab import provisioning
+
+    cfg = make_cfg(workdir=str(tmp_path / "wd"), repository="git@github.com:acme/proj.git")
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    with pytest.raises(ConfigError, match="SSH_AUTH_SOCK is unset"):
+        provisioning.provision_all(cfg, public_key=_public_key_file(tmp_path), clients=clients)
+    with pytest.raises(ConfigError, match="forward_agent=False"):
+        provisioning.provision_all(cfg, public_key=_public_key_file(tmp_path), clients=clients,
+                                   forward_agent=False)
+    assert requests_mock.request_history == []  # refused before any call
+
+
+@pytest.mark.services
+def test_teardown_of_a_kvm_lab_deletes_everything_and_the_credentials(
+        api, clients, tmp_path, local_openstack):
+    """After a complete KVM provision: the server (waited for until gone), the lease, the
+    security group and the keypair are deleted on the recorded services; the floating IP
+    is the lease's, so nothing releases it; the application and EC2 credentials are
+    deleted for real at the (local) Keystone and dropped from the secrets store."""
+    from replab import provisioning
+    from replab.credentials import SecretsStore
+    from tests.fixtures_openstack import clouds_yaml
+
+    clouds = clouds_yaml(local_openstack, tmp_path / "clouds.yaml")
+    cfg = make_cfg("KVM@TACC", workdir=str(tmp_path / "wd"),
+                   endpoints={"storage_auth_url": local_openstack.auth_url})
+    api.mock.real_http = True  # Keystone is real; the compute site is recorded
+    _register_provision(api, kvm=True)
+    clock = FakeClock()
+    rc.provision(cfg, clients.blazar, clients.conn, state=rc.State.load(cfg.workdir),
+                 public_key=KEY, now=NOW, clock=clock, sleep=clock.sleep)
+    auth = credentials.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
+    store = SecretsStore(cfg.workdir)
+    expires = NOW.replace(year=2099)
+    credentials.ensure_application_credential(auth, "replab-teardown-test", expires, store)
+    credentials.ensure_ec2_credential(auth, store)
+    app = store.credentials()["application_credential"]
+    assert credentials.app_credential_works(local_openstack.auth_url, app["id"], app["secret"])
+
+    api.reset()
+    api.expect("DELETE", "compute", f"/servers/{SERVER}", status=204)
+    api.expect("GET", "compute", f"/servers/{SERVER}", status=404, json=GONE)
+    api.expect("DELETE", "reservation", f"/leases/{LEASE_ID}", status=204)
+    api.expect("DELETE", "network", f"/v2.0/security-groups/{SG}", status=204)
+    api.expect("DELETE", "compute", "/os-keypairs/exp1-key", status=202)
+    done = provisioning.teardown(cfg, clients=clients, clouds_file=clouds)
+    api.assert_calls()  # no floating-IP call: the lease returns it
+    assert not done.problems, done.problems
+    assert "floating IP 192.5.87.10 (the lease returns it)" in done.kept
+    assert {d.split()[0] for d in done.deleted} >= {"server", "lease", "security_group",
+                                                    "keypair", "application", "EC2"}
+    assert store.credentials().keys().isdisjoint({"application_credential", "ec2"})
+    assert not credentials.app_credential_works(local_openstack.auth_url, app["id"],
+                                                app["secret"])
+    assert rc.State.load(cfg.workdir).live() == {}
 
 
 # -- state.json --------------------------------------------------------------------------------

@@ -92,11 +92,42 @@ class Provisioning:
     pending_until: Any = None
 
 
+def _agent_forwarding(cfg, forward_agent: bool | None, setup: bool) -> bool:
+    """Whether host setup forwards the SSH agent: asked for, or (None) when the repository
+    URL is an ssh one. Raises ConfigError, before anything is created, for an ssh URL
+    without forwarding or without an agent to forward."""
+    from .hostsetup import is_ssh_url
+    from .redact import strip_url_credentials
+
+    ssh_url = bool(cfg.repository) and is_ssh_url(cfg.repository)
+    forward = ssh_url if forward_agent is None else forward_agent
+    if not setup or not ssh_url:
+        return forward
+    shown = strip_url_credentials(cfg.repository)
+    if not forward:
+        raise ConfigError([("repository", f"{shown} is an ssh URL and forward_agent=False: "
+                                          "the server could not clone it; use the https URL "
+                                          "or forward your agent")])
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        raise ConfigError([("repository", f"{shown} is an ssh URL: the server clones it with "
+                                          "your SSH agent, and no agent runs here "
+                                          "(SSH_AUTH_SOCK is unset). Start one with "
+                                          "`eval $(ssh-agent) && ssh-add`, or use the https "
+                                          "URL")])
+    return True
+
+
 def provision_all(cfg, *, public_key: str = "~/.ssh/id_rsa.pub", private_key: str | None = None,
-                  cloud_name: str | None = None, setup: bool = True,
-                  progress: Say | None = None) -> Provisioning:
-    """Everything 2_provision does (see the module doc). Raises ConfigError for bad input,
-    CloudError (with the service's reason) and ResourceTimeout; state.json keeps what exists.
+                  cloud_name: str | None = None, clouds_file: str | None = None,
+                  clients=None, setup: bool = True, forward_agent: bool | None = None,
+                  progress: Say | None = None, **waits: Any) -> Provisioning:
+    """Everything 2_provision does (see the module doc). ``clients``: a ``cloud.Clients``
+    to use instead of authenticating (``cloud_name``/``clouds_file`` pick the clouds.yaml
+    entry otherwise). ``forward_agent`` (default: when the repository URL is an ssh one)
+    forwards this machine's SSH agent to the server for the clone. ``waits`` go to
+    ``cloud.provision`` (``now``, ``clock``, ``sleep``, timeouts). Raises ConfigError for
+    bad input, CloudError (with the service's reason) and ResourceTimeout; state.json
+    keeps what exists.
     """
     from . import cloud
 
@@ -111,8 +142,10 @@ def provision_all(cfg, *, public_key: str = "~/.ssh/id_rsa.pub", private_key: st
         return Provisioning(checks=checks)
     state = cloud.State.load(cfg.workdir)
     key = _public_key(public_key)
-    blazar, conn = cloud.connect(cfg, cloud=cloud_name)
-    result = cloud.provision(cfg, blazar, conn, state=state, public_key=key, progress=say)
+    forward = _agent_forwarding(cfg, forward_agent, setup)
+    blazar, conn = clients or cloud.connect(cfg, cloud=cloud_name, clouds_file=clouds_file)
+    result = cloud.provision(cfg, blazar, conn, state=state, public_key=key, progress=say,
+                             **waits)
     if result.pending_until:
         say(f"the lease starts at {result.pending_until}: re-run 2_provision then")
         return Provisioning(pending_until=result.pending_until)
@@ -125,11 +158,15 @@ def provision_all(cfg, *, public_key: str = "~/.ssh/id_rsa.pub", private_key: st
         from . import credentials, hostsetup, remote
 
         host = remote.Host(result.address, key_filename=os.path.expanduser(private_key)
-                           if private_key else None)
+                           if private_key else None, forward_agent=forward)
         remote.wait_for_ssh(host, progress=say)
         conn_ssh = remote.connect(host)
-        out.steps = hostsetup.setup_host(conn_ssh, cfg, credentials.SecretsStore(cfg.workdir),
-                                         progress=say)
+        try:
+            out.steps = hostsetup.setup_host(conn_ssh, cfg,
+                                             credentials.SecretsStore(cfg.workdir),
+                                             forward_agent=forward, progress=say)
+        finally:
+            conn_ssh.close()
     return out
 
 
@@ -148,11 +185,13 @@ class Teardown:
 
 
 def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = False,
-             cloud_name: str | None = None, keep_lab: bool = False,
-             progress: Say | None = None) -> Teardown:
+             cloud_name: str | None = None, clouds_file: str | None = None, clients=None,
+             keep_lab: bool = False, progress: Say | None = None) -> Teardown:
     """Give everything back (see the module doc); idempotent. A step that fails is reported
     in ``problems`` and the others still run, so one failure leaks nothing else.
-    ``keep_lab``: back the lab up but leave it running (and everything else in place)."""
+    ``keep_lab``: back the lab up but leave it running (and everything else in place).
+    ``clients``: a ``cloud.Clients`` for the compute site instead of authenticating;
+    ``cloud_name``/``clouds_file``: the clouds.yaml entry to authenticate with."""
     from . import lab
 
     say = progress or (lambda _m: None)
@@ -170,9 +209,7 @@ def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = Fals
         return None
 
     if (cfg.workdir_path / "lab.json").exists():
-        from .lab import backup
-
-        info = step("MLflow backup", lambda: backup.backup(cfg, reason="teardown"))
+        info = step("MLflow backup", lambda: _backup_lab(cfg, say))
         if info:
             out.kept.append(f"MLflow backup {info.location} ({info.runs} runs)")
         if keep_lab:
@@ -183,24 +220,49 @@ def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = Fals
             out.deleted.append("the lab's services" + (f" ({', '.join(stopped)})"
                                                        if stopped else ""))
     if not cfg.is_local:
-        _teardown_cloud(cfg, out, step, cloud_name, say)
+        _teardown_cloud(cfg, out, step, clients or (
+            lambda: cloud_connect(cfg, cloud_name, clouds_file)), say)
     buckets = [cfg.buckets.data, cfg.buckets.artifacts, cfg.buckets.backups]
     if delete_buckets:  # before the credentials: deleting buckets needs the EC2 keys
         step("delete buckets", lambda: _delete_buckets(cfg, buckets, out))
     else:
         out.kept.append(f"buckets {', '.join(buckets)} (delete_buckets=True removes them)")
     if not cfg.is_local:
-        _delete_credentials(cfg, out, step, cloud_name, keep_credentials)
+        _delete_credentials(cfg, out, step, cloud_name, clouds_file, keep_credentials)
     return out
 
 
-def _teardown_cloud(cfg, out: Teardown, step, cloud_name, say) -> None:
+def cloud_connect(cfg, cloud_name: str | None, clouds_file: str | None):
+    from . import cloud
+
+    return cloud.connect(cfg, cloud=cloud_name, clouds_file=clouds_file)
+
+
+def _backup_lab(cfg, say: Say):
+    """The teardown's last MLflow backup: here (site ``local``), or on the GPU server over
+    SSH with the replab host setup installed there."""
+    from . import lab, remote
+    from .lab import backup, compose
+
+    if cfg.is_local:
+        return backup.backup(cfg, reason="teardown", progress=say)
+    host = lab.server_host(cfg)
+    conn = remote.connect(host)
+    try:
+        paths = compose.HostPaths.for_config(cfg, home=f"/home/{host.user}")
+        return backup.backup_on_server(cfg, conn, paths, reason="teardown", progress=say)
+    finally:
+        conn.close()
+
+
+def _teardown_cloud(cfg, out: Teardown, step, clients, say) -> None:
     from . import cloud
 
     state = cloud.State.load(cfg.workdir)
     live = state.live()
     if live:
-        clients = step("connect", lambda: cloud.connect(cfg, cloud=cloud_name))
+        if callable(clients):
+            clients = step("connect", clients)
         if clients:
             blazar, conn = clients
             for kind, fn in (
@@ -225,7 +287,8 @@ def _teardown_cloud(cfg, out: Teardown, step, cloud_name, say) -> None:
                     say(f"deleted {kind} {entry['name']}")
 
 
-def _delete_credentials(cfg, out: Teardown, step, cloud_name, keep_credentials) -> None:
+def _delete_credentials(cfg, out: Teardown, step, cloud_name, clouds_file,
+                        keep_credentials) -> None:
     if keep_credentials:
         out.kept.append("application and EC2 credentials (keep_credentials=True)")
         return
@@ -234,7 +297,8 @@ def _delete_credentials(cfg, out: Teardown, step, cloud_name, keep_credentials) 
     store = credentials.SecretsStore(cfg.workdir)
     if store.credentials().get("application_credential") or store.credentials().get("ec2"):
         auth = step("authenticate at the storage site",
-                    lambda: credentials.authenticate(cfg.storage_auth_url, cloud=cloud_name))
+                    lambda: credentials.authenticate(cfg.storage_auth_url, cloud=cloud_name,
+                                                     clouds_file=clouds_file))
         if auth:
             for o in step("delete credentials",
                           lambda: credentials.delete_credentials(auth, store)) or []:

@@ -280,9 +280,10 @@ def get_server(conn, server_id: str) -> Any | None:
         return None
 
 
-def _fault(server) -> str:
-    fault = getattr(server, "fault", None) or {}
-    return fault.get("message") or "Nova gave no fault message"
+def fault(server) -> str:
+    """Nova's ``fault.message`` of a server in ERROR."""
+    info = getattr(server, "fault", None) or {}
+    return info.get("message") or "Nova gave no fault message"
 
 
 def wait_for_server(conn, server_id: str, *, timeout: float = SERVER_TIMEOUT,
@@ -299,7 +300,7 @@ def wait_for_server(conn, server_id: str, *, timeout: float = SERVER_TIMEOUT,
         if server is None:
             return f"server {server_id} no longer exists"
         if server.status == "ERROR":
-            return f"server {server.name} ({server_id}) is in ERROR: {_fault(server)}"
+            return f"server {server.name} ({server_id}) is in ERROR: {fault(server)}"
         return None
 
     def describe(server):
@@ -339,7 +340,7 @@ def delete_server(conn, name_or_id: str, ignore_missing: bool = True, *, wait: b
     log.info("deleted server %s", name_or_id)
     if wait:
         wait_for(lambda: get_server(conn, server_id), ready=lambda s: s is None,
-                 failed=lambda s: (f"deleting server {server_id} failed: {_fault(s)}"
+                 failed=lambda s: (f"deleting server {server_id} failed: {fault(s)}"
                                    if s is not None and s.status == "ERROR" else None),
                  describe=lambda s: "gone" if s is None else s.status,
                  what=f"deleting server {server_id}", timeout=timeout, interval=interval,

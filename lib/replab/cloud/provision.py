@@ -174,7 +174,8 @@ def provision(cfg, blazar, conn, *, state: State, public_key: str,
               progress: Progress | None = None) -> Provisioned:
     """Lease, keypair, security group (KVM), server and floating IP for ``cfg``, each found
     or created, in the order :func:`plan` lists; every resource is recorded in ``state``
-    as soon as it exists. Idempotent: a re-run adopts what exists.
+    as soon as it exists. Idempotent: a re-run adopts what exists, except a server in
+    ERROR (from a failed boot), which it deletes and boots again.
 
     Raises ConfigError (bad lease length, before any call), CloudError (a service refused,
     or a resource went to ERROR, with the service's reason), ResourceTimeout.
@@ -219,6 +220,15 @@ def provision(cfg, blazar, conn, *, state: State, public_key: str,
     reservation_id = leases.server_reservation_id(lease)
     server, made = compute.ensure_server(conn, cfg, reservation_id=reservation_id,
                                          keypair=key.name)
+    if not made and server.status == "ERROR":
+        # a boot that failed before (its fault was reported then): Nova never recovers an
+        # ERROR server, so it is deleted and booted again on the same reservation
+        say(f"server {server.name} ({server.id}) is in ERROR ({compute.fault(server)}): "
+            "deleting it and booting a new one")
+        compute.delete_server(conn, server.id, wait=True, clock=clock, sleep=sleep)
+        state.mark_deleted("server")
+        server, made = compute.ensure_server(conn, cfg, reservation_id=reservation_id,
+                                             keypair=key.name)
     state.record("server", id=server.id, name=server.name, site=cfg.site, created=made,
                  reservation_id=reservation_id, image=cfg.image)
     result.created["server"] = made
