@@ -4,10 +4,13 @@ a temporary root, so this machine's /etc is never written."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +123,7 @@ def store(cfg):
     s = SecretsStore(cfg.workdir)
     s.write(s.RCLONE, rclone.render_rclone_conf({
         f"{cfg.experiment}-s3": rclone.s3_remote("https://s3.example.org", "AKID", "SECRET")}))
+    s.save_credentials({"ec2": {"access": "AKID", "secret": "SECRET"}})
     return s
 
 
@@ -200,6 +204,56 @@ def test_clone_repository_refuses_another_origin(conn, cfg, tmp_path):
     with pytest.raises(CloudError) as err:
         hostsetup.clone_repository(conn, cfg, dest=dest, url=str(other))
     assert str(upstream) in str(err.value) and str(other) in str(err.value)
+
+
+@pytest.fixture
+def agent(ssh_server, monkeypatch, tmp_path):
+    """An ssh-agent holding the key the sshd accepts; SSH_AUTH_SOCK points at it."""
+    sock = str(tmp_path / "agent.sock")
+    proc = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if Path(sock).exists():
+                break
+            time.sleep(0.05)
+        subprocess.run(["ssh-add", "-q", ssh_server.key_filename], check=True,
+                       env={**os.environ, "SSH_AUTH_SOCK": sock}, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@services
+def test_clone_over_ssh_with_the_forwarded_agent(ssh_server, agent, cfg, tmp_path):
+    """An ssh repository URL is cloned on the server with the researcher's agent forwarded
+    through the SSH session: the server holds no key of its own (the clone goes back
+    through the same sshd, which accepts only the agent's key)."""
+    upstream = make_repo(tmp_path / "upstream")
+    url = f"ssh://{ssh_server.user}@127.0.0.1:{ssh_server.port}{upstream}"
+    host = dataclasses.replace(ssh_server, key_filename=None, forward_agent=True)
+    c = remote.connect(host)
+    try:
+        env = remote.run(c, ["sh", "-c", 'echo "$SSH_AUTH_SOCK"']).stdout.strip()
+        assert env, "the agent is not forwarded into the session"
+        dest = str(tmp_path / "home" / "exp1" / "repo")
+        step = hostsetup.clone_repository(c, cfg, dest=dest, url=url, forward_agent=True)
+        assert step.changed and "cloned" in step.detail
+        assert (Path(dest) / "train.py").read_text() == "print('hi')\n"
+        assert not hostsetup.clone_repository(c, cfg, dest=dest, url=url,
+                                              forward_agent=True).changed
+    finally:
+        c.close()
+    # without the agent the same clone fails with git's message, not a hang
+    plain = remote.connect(ssh_server)
+    try:
+        with pytest.raises(CloudError, match="git exited"):
+            hostsetup.clone_repository(plain, cfg, dest=str(tmp_path / "r2"), url=url,
+                                       forward_agent=True)
+    finally:
+        plain.close()
 
 
 @services
@@ -352,9 +406,76 @@ def test_setup_host_twice_changes_nothing_the_second_time(conn, cfg, store, sysr
     first = hostsetup.setup_host(conn, cfg, store, progress=said.append, **kwargs)
     names = [s.name for s in first]
     assert names == [n for n in ("docker", "rclone-fuse", "repository", "lab-source",
-                                 "backup-timer") if n not in skip]
+                                 "replab", "workdir", "backup-timer") if n not in skip]
     assert all(s.changed for s in first if s.name != "docker"), first
     assert any("rclone-fuse: changed" in m for m in said)
     second = hostsetup.setup_host(conn, cfg, store, **kwargs)
     assert [s.name for s in second] == names
     assert not [s for s in second if s.changed], second
+
+
+@services
+def test_server_replab_runs_the_backup_timers_command(conn, ec2, tmp_path, ssh_server):
+    """What the hourly timer runs on the server works there: replab installed in the
+    server's venv from the uploaded source, the server's work directory (config + EC2 keys
+    only), and the unit's ExecStart, run with the unit's environment, puts a backup of the
+    server's sqlite database in the backups bucket."""
+    import mlflow
+
+    from replab import storage
+
+    stack = ec2["stack"]
+    cfg = config.build({**basic("CHI@UC", gpu_vendor="none", workdir=str(tmp_path / "work")),
+                        "endpoints": {"s3_endpoint": stack.s3_endpoint}})
+    store = SecretsStore(cfg.workdir)
+    store.save_credentials({"ec2": {"access": ec2["access"], "secret": ec2["secret"]},
+                            "application_credential": {"id": "ac", "secret": "AC-SECRET"}})
+    home = str(tmp_path / "home")
+    paths = HostPaths.for_config(cfg, home)
+    assert hostsetup.upload_lab(conn, cfg, paths=paths,
+                                source=_checkout_copy(tmp_path / "checkout")).changed
+    first = hostsetup.replab_cli(conn, cfg, paths=paths)
+    assert first.changed and f"created {paths.venv}" in first.detail, first.detail
+    assert "replab 0.1.0" in first.detail
+    assert not hostsetup.replab_cli(conn, cfg, paths=paths).changed
+    made = hostsetup.server_workdir(conn, cfg, store, paths=paths)
+    assert made.changed
+    assert not hostsetup.server_workdir(conn, cfg, store, paths=paths).changed
+    secrets = Path(paths.workdir) / "secrets"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    assert stat.S_IMODE((secrets / "credentials.json").stat().st_mode) == 0o600
+    assert json.loads((secrets / "credentials.json").read_text()) == {
+        "ec2": {"access": ec2["access"], "secret": ec2["secret"]}}  # never the app credential
+    assert config.load(paths.workdir).workdir == paths.workdir
+    # the server's MLflow database, with one run
+    Path(paths.mlflow_dir).mkdir(parents=True)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{paths.mlflow_dir}/mlflow.db")
+    run = client.create_run(client.create_experiment("on-the-server"))
+    client.set_terminated(run.info.run_id)
+    sysroot = tmp_path / "sysroot"
+    hostsetup.backup_timer(conn, cfg, root=sysroot, home=home)
+    service = (sysroot / "etc" / "systemd" / "system" / f"{backup.UNIT}.service").read_text()
+    env = dict(line.partition("=")[2].strip('"').split("=", 1) for line in service.splitlines()
+               if line.startswith("Environment="))
+    assert env["REPLAB_MLFLOW_VERSION"] == hostsetup.lab_mlflow_version() == "3.17.2"
+    argv = next(ln for ln in service.splitlines() if ln.startswith("ExecStart=")).split("=", 1)[
+        1].split()
+    assert argv[0] == paths.replab and argv[argv.index("--workdir") + 1] == paths.workdir
+    s3 = storage.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
+    storage.ensure_buckets(s3, [cfg.buckets.backups])
+    try:
+        out = remote.run(conn, argv, env=env, check=False)
+        assert out.ok, out.stderr
+        keys = storage.list_objects(s3, cfg.buckets.backups, "mlflow-db/")
+        assert len(keys) == 2 and any(k.endswith("-scheduled.sqlite") for k in keys), keys
+        latest = backup.latest_backup(cfg)
+        assert latest.runs == 1 and latest.experiments >= 1
+        assert latest.mlflow_version == "3.17.2"  # the lab container's, not installed there
+        # the teardown's last backup goes the same way, and is read back from the bucket
+        said: list[str] = []
+        last = backup.backup_on_server(cfg, conn, paths, reason="teardown",
+                                       progress=said.append)
+        assert last.key != latest.key and last.key.endswith("-teardown.sqlite")
+        assert last.runs == 1 and said and last.location in said[0]
+    finally:
+        storage.delete_bucket(s3, cfg.buckets.backups, force=True)

@@ -77,6 +77,10 @@ APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]  # boot-time unattended-upgra
 DOCKER, NVIDIA, ROCM = "docker", "nvidia-toolkit", "rocm"
 RCLONE, REPOSITORY, LAB_SOURCE, BACKUP_TIMER = ("rclone-fuse", "repository", "lab-source",
                                                 "backup-timer")
+REPLAB_CLI, WORKDIR = "replab", "workdir"
+# what the server's replab needs (its backup timer and the teardown's last backup): S3 and
+# PostgreSQL clients; pinned by constraints.txt
+SERVER_PACKAGES = ("pyyaml", "boto3", "psycopg[binary]")
 
 
 # -- pure renderers ----------------------------------------------------------------------------
@@ -545,7 +549,8 @@ def _same_origin(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def _is_ssh_url(url: str) -> bool:
+def is_ssh_url(url: str) -> bool:
+    """Whether git reaches ``url`` over SSH (``ssh://`` or scp-like ``user@host:path``)."""
     return url.startswith("ssh://") or bool(re.match(r"^[^/:@]+@[^/:]+:", url))
 
 
@@ -566,7 +571,7 @@ def clone_repository(conn, cfg, *, dest: str | None = None, home: str | None = N
 
         dest = HostPaths.for_config(cfg, _home(conn, conn.user, home)).repo
     shown = strip_url_credentials(url)
-    if _is_ssh_url(url) and not forward_agent:
+    if is_ssh_url(url) and not forward_agent:
         raise ConfigError([("repository", f"{shown} is an ssh URL: forward your SSH agent "
                                           "(forward_agent=True) or use the https URL")])
     env = {"GIT_TERMINAL_PROMPT": "0",  # a private https repo fails instead of hanging
@@ -622,15 +627,104 @@ def upload_lab(conn, cfg, *, paths=None, home: str | None = None,
                 {"sha256": digest})
 
 
+def lab_mlflow_version(source: str | os.PathLike | None = None) -> str | None:
+    """The MLflow version the lab's image pins (``docker/mlflow/requirements.txt`` of the
+    checkout ``source``), or None."""
+    from .lab import server
+
+    path = Path(source or server.ROOT) / "docker" / "mlflow" / "requirements.txt"
+    text = path.read_text() if path.exists() else ""
+    found = re.search(r"^mlflow==([^\s;#]+)", text, re.M)
+    return found.group(1) if found else None
+
+
+def replab_cli(conn, cfg, *, paths=None, home: str | None = None, python: str = "python3",
+               root: str | os.PathLike = "/",
+               constraints: str | os.PathLike | None = None) -> Step:
+    """replab itself on the server, in the virtual environment ``HostPaths.venv``, installed
+    from the source :func:`upload_lab` put at ``HostPaths.source`` (run that first), with
+    :data:`SERVER_PACKAGES` pinned by this checkout's ``constraints.txt``. The backup timer
+    and teardown's last backup run ``HostPaths.replab``. changed=False when the venv holds
+    the uploaded source already (same sha256). ``python3 -m venv`` failing on the live
+    system installs ``python3-venv`` first. Raises CloudError when a command fails."""
+    from .lab import server
+    from .lab.compose import HostPaths
+
+    paths = paths or HostPaths.for_config(cfg, _home(conn, conn.user, home))
+    digest = (remote.read_text(conn, f"{paths.source}/{SOURCE_HASH_FILE}") or "").strip()
+    if not digest:
+        raise CloudError(f"no replab source at {paths.source} on {conn.host}: the "
+                         f"{LAB_SOURCE} step uploads it first", "replab-cli")
+    marker = f"{paths.venv}/{SOURCE_HASH_FILE}"
+    replab = paths.replab
+    if (remote.read_text(conn, marker) or "").strip() == digest and \
+            _ok(conn, [replab, "--version"]):
+        return Step(REPLAB_CLI, False, f"{replab} is current (sha256 {digest[:12]})")
+    notes = []
+    vpython = f"{paths.venv}/bin/python"
+    if not _ok(conn, [vpython, "-c", "import pip"]):
+        made = remote.run(conn, [python, "-m", "venv", "--clear", paths.venv], check=False)
+        if not made.ok and _live(root):  # Ubuntu's python3 comes without ensurepip
+            _apt_install(conn, ["python3-venv"], sudo=not _is_root(conn))
+            notes.append("installed python3-venv")
+            made = remote.run(conn, [python, "-m", "venv", "--clear", paths.venv])
+        if not made.ok:
+            raise CloudError(f"{python} -m venv {paths.venv} failed on {conn.host}:\n"
+                             f"{(made.stderr or made.stdout).strip()[-1500:]}", "python -m venv")
+        notes.append(f"created {paths.venv}")
+    local = Path(constraints) if constraints else server.ROOT / "constraints.txt"
+    pins = f"{paths.venv}/replab-constraints.txt"
+    remote.put_text(conn, local.read_text() if local.exists() else "", pins, mode=0o644)
+    pip = [vpython, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    remote.run(conn, [*pip, "-c", pins, *SERVER_PACKAGES], timeout=1800)
+    # replab itself last and always reinstalled: its version does not change with the source
+    remote.run(conn, [*pip, "--no-deps", "--force-reinstall", paths.source], timeout=900)
+    version = remote.run(conn, [replab, "--version"]).stdout.strip()
+    remote.put_text(conn, digest + "\n", marker, mode=0o644)
+    notes.append(f"installed {version or 'replab'} from {paths.source} (sha256 {digest[:12]})")
+    return Step(REPLAB_CLI, True, "; ".join(notes), {"replab": replab})
+
+
+def server_workdir(conn, cfg, store, *, paths=None, home: str | None = None) -> Step:
+    """The server's replab work directory ``HostPaths.workdir``: ``config.yaml`` (this
+    config, its ``workdir`` set to that directory) and ``secrets/credentials.json`` holding
+    only the EC2 keys the MLflow backups are written with (0600 in a 0700 directory; the
+    application credential never leaves this machine). changed=False when both are there
+    as they would be written. Raises ConfigError without EC2 keys (1_create_credentials)."""
+    import dataclasses
+
+    from . import config as config_mod
+    from .lab.compose import HostPaths
+
+    paths = paths or HostPaths.for_config(cfg, _home(conn, conn.user, home))
+    ec2 = store.credentials().get("ec2")
+    if not ec2:
+        raise ConfigError(f"no EC2 credential in {store.path(store.CREDENTIALS)}: run "
+                          "1_create_credentials first (the server's backups need it)")
+    text = config_mod.dump(dataclasses.replace(cfg, workdir=paths.workdir))
+    secrets_dir = f"{paths.workdir}/secrets"
+    remote.run(conn, ["mkdir", "-p", secrets_dir])
+    remote.run(conn, ["chmod", "700", secrets_dir])
+    written = [name for name, content, mode in (
+        (f"{paths.workdir}/{config_mod.CONFIG_FILE}", text, 0o644),
+        (f"{secrets_dir}/{store.CREDENTIALS}",
+         json.dumps({"ec2": ec2}, indent=1, sort_keys=True) + "\n", 0o600),
+    ) if _ensure_file(conn, name, content, mode)]
+    if not written:
+        return Step(WORKDIR, False, f"{paths.workdir} holds the config and the EC2 keys")
+    return Step(WORKDIR, True, f"wrote {', '.join(written)}")
+
+
 def backup_timer(conn, cfg, *, root: str | os.PathLike = "/", home: str | None = None,
                  user: str | None = None, workdir: str | None = None,
-                 replab: str = "/usr/local/bin/replab", database_uri: str | None = None,
+                 replab: str | None = None, database_uri: str | None = None,
                  on_calendar: str = "hourly") -> Step:
     """Install and enable ``lab.backup.systemd_units`` (the hourly MLflow backup) under
     ``<root>/etc/systemd/system``; changed=False when both units are already there as
-    rendered. ``workdir`` (on the server) defaults to ``<HostPaths.root>/work``; the sqlite
-    database to ``<HostPaths.lab>/mlflow/mlflow.db``. Raises CloudError when systemctl
-    fails."""
+    rendered. ``workdir`` (on the server, written by :func:`server_workdir`) defaults to
+    ``HostPaths.workdir``, ``replab`` to ``HostPaths.replab`` (:func:`replab_cli`), the
+    sqlite database to ``<HostPaths.lab>/mlflow/mlflow.db``. Raises CloudError when
+    systemctl fails."""
     from .lab import backup
     from .lab.compose import HostPaths
 
@@ -638,7 +732,8 @@ def backup_timer(conn, cfg, *, root: str | os.PathLike = "/", home: str | None =
     paths = HostPaths.for_config(cfg, _home(conn, user, home))
     if database_uri is None and cfg.lab.mlflow_backend == "sqlite":
         database_uri = f"sqlite:///{paths.mlflow_dir}/mlflow.db"
-    units = backup.systemd_units(workdir or f"{paths.root}/work", replab=replab, user=user,
+    units = backup.systemd_units(workdir or paths.workdir, replab=replab or paths.replab,
+                                 user=user, mlflow_version=lab_mlflow_version(),
                                  on_calendar=on_calendar,
                                  environment_file=f"{paths.lab}/.env",
                                  database_uri=database_uri)
@@ -657,7 +752,8 @@ def setup_host(conn, cfg, store, *, root: str | os.PathLike = "/",
     """Set the server up: Docker, the GPU runtime by ``cfg.gpu_vendor`` (NVIDIA toolkit or
     ROCm check), rclone + FUSE with the data bucket's mount, the repository (``repository``
     overrides ``cfg.repository``), the lab's source (from the checkout ``source``, default
-    this one), the backup timer; steps named in
+    this one), replab in a venv on the server, the server's work directory (config and EC2
+    keys), the backup timer; steps named in
     ``skip`` are left out. Returns every step's outcome, in order. Raises what the steps
     raise (the steps before it have taken effect; running again resumes)."""
     say = progress or (lambda _m: None)
@@ -675,6 +771,8 @@ def setup_host(conn, cfg, store, *, root: str | os.PathLike = "/",
         (REPOSITORY, lambda: clone_repository(conn, cfg, home=home, url=repository,
                                               forward_agent=forward_agent)),
         (LAB_SOURCE, lambda: upload_lab(conn, cfg, home=home, source=source)),
+        (REPLAB_CLI, lambda: replab_cli(conn, cfg, home=home, root=root)),
+        (WORKDIR, lambda: server_workdir(conn, cfg, store, home=home)),
         (BACKUP_TIMER, lambda: backup_timer(conn, cfg, root=root, home=home, user=user)),
     ]
     steps = []
@@ -694,8 +792,9 @@ def setup_host(conn, cfg, store, *, root: str | os.PathLike = "/",
 
 
 __all__ = [
-    "BACKUP_TIMER", "DOCKER", "LAB_SOURCE", "NVIDIA", "RCLONE", "REPOSITORY", "ROCM",
-    "backup_timer", "clone_repository", "daemon_json", "docker", "docker_script",
-    "merge_daemon_json", "nvidia_toolkit", "nvidia_toolkit_script", "rclone_fuse", "rocm",
-    "setup_host", "source_files", "source_hash", "upload_lab",
+    "BACKUP_TIMER", "DOCKER", "LAB_SOURCE", "NVIDIA", "RCLONE", "REPLAB_CLI", "REPOSITORY", "ROCM",
+    "SERVER_PACKAGES", "WORKDIR", "backup_timer", "clone_repository", "daemon_json", "docker",
+    "docker_script", "is_ssh_url", "lab_mlflow_version", "merge_daemon_json", "nvidia_toolkit",
+    "nvidia_toolkit_script", "rclone_fuse", "replab_cli", "rocm", "server_workdir", "setup_host",
+    "source_files", "source_hash", "upload_lab",
 ]

@@ -47,6 +47,7 @@ Progress = Callable[[str], None]
 PREFIX = "mlflow-db/"
 EXTENSIONS = {"sqlite": "sqlite", "postgresql": "pgdump"}
 DB_ENV = "REPLAB_MLFLOW_DB"  # the database to back up, as a URI (the GPU server's unit)
+VERSION_ENV = "REPLAB_MLFLOW_VERSION"  # the lab container's MLflow (the GPU server's unit)
 UNIT = "replab-lab-backup"
 _REASON = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -216,9 +217,14 @@ def _sha256(path: Path) -> str:
 
 
 def _mlflow_version() -> str:
-    from importlib.metadata import version
+    """The MLflow that writes the database: the one installed here, else (the GPU server,
+    whose MLflow runs in the lab's container) ``$REPLAB_MLFLOW_VERSION``, else "unknown"."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return version("mlflow")
+    try:
+        return version("mlflow")
+    except PackageNotFoundError:
+        return os.environ.get(VERSION_ENV) or "unknown"
 
 
 def _sqlite_counts(path: Path) -> tuple[int, int, str | None]:
@@ -350,6 +356,39 @@ def default_database(cfg) -> Database:
 
 
 # -- the public verbs --------------------------------------------------------------------------
+def backup_on_server(cfg, conn, paths, *, reason: str = "manual",
+                     progress: Progress | None = None) -> BackupInfo:
+    """Back up the GPU server's lab database there, over SSH (``conn``), with the replab
+    and the work directory host setup installed (``paths``: its ``HostPaths``); returns the
+    backup it made, read back from the bucket. Raises ConfigError (bad reason, PostgreSQL:
+    not supported on the server yet), CloudError (the command failed there, with its
+    output)."""
+    from .. import hostsetup, remote
+
+    if not _REASON.match(reason):
+        raise ConfigError([("reason", f"{reason!r}: 1-32 of a-z, 0-9, '-', '_'")])
+    if cfg.lab.mlflow_backend != "sqlite":
+        raise ConfigError([("lab.mlflow_backend", "the server's PostgreSQL lab is backed up "
+                                                  "by hand: docker compose exec postgres "
+                                                  "pg_dump -Fc -U mlflow mlflow")])
+    env = {DB_ENV: f"sqlite:///{paths.mlflow_dir}/mlflow.db"}
+    version = hostsetup.lab_mlflow_version()
+    if version:
+        env[VERSION_ENV] = version
+    before = latest_backup(cfg)
+    out = remote.run(conn, [paths.replab, "lab", "backup", "--workdir", paths.workdir,
+                            "--reason", reason], env=env, timeout=1800)
+    last = out.stdout.strip().splitlines()[-1:] or [""]
+    info = latest_backup(cfg)
+    if info is None or (before is not None and info.key == before.key):
+        raise CloudError(f"the backup on {conn.host} reported {last[0]!r} but the bucket "
+                         f"{cfg.buckets.backups} holds no new backup", "replab lab backup")
+    if progress:
+        progress(f"backed up the server's MLflow database ({info.runs} runs) to "
+                 f"{info.location}")
+    return info
+
+
 def backup(cfg, *, reason: str = "manual", database: Database | None = None,
            progress: Progress | None = None) -> BackupInfo:
     """Snapshot the MLflow database consistently and upload it to the backups bucket.
@@ -574,12 +613,13 @@ def _quote(arg: str) -> str:
 
 def systemd_units(workdir: str, *, replab: str = "/usr/local/bin/replab", user: str = "cc",
                   group: str | None = None, on_calendar: str = "hourly",
-                  environment_file: str | None = None, database_uri: str | None = None
-                  ) -> dict[str, str]:
+                  environment_file: str | None = None, database_uri: str | None = None,
+                  mlflow_version: str | None = None) -> dict[str, str]:
     """The service and timer that run ``replab lab backup --workdir WORKDIR --reason
     scheduled`` on the GPU server (``on_calendar``, systemd's syntax; missed runs are
     caught up after a boot). ``environment_file`` (optional) is read for ``PGPASSWORD``
-    and the like; ``database_uri`` (without a password) becomes ``REPLAB_MLFLOW_DB``.
+    and the like; ``database_uri`` (without a password) becomes ``REPLAB_MLFLOW_DB``;
+    ``mlflow_version`` (the lab container's) ``REPLAB_MLFLOW_VERSION``.
     Returns ``{unit file name: text}``."""
     service = [
         "[Unit]",
@@ -599,6 +639,8 @@ def systemd_units(workdir: str, *, replab: str = "/usr/local/bin/replab", user: 
             raise ConfigError([("database_uri", "must not hold a password: put PGPASSWORD "
                                                 "in the environment file")])
         service.append(f"Environment={_quote(f'{DB_ENV}={database_uri}')}")
+    if mlflow_version:
+        service.append(f"Environment={_quote(f'{VERSION_ENV}={mlflow_version}')}")
     argv = [replab, "lab", "backup", "--workdir", workdir, "--reason", "scheduled"]
     service += [
         f"ExecStart={' '.join(_quote(a) for a in argv)}",
@@ -624,6 +666,6 @@ def systemd_units(workdir: str, *, replab: str = "/usr/local/bin/replab", user: 
     return {f"{UNIT}.service": "\n".join(service), f"{UNIT}.timer": "\n".join(timer)}
 
 
-__all__ = ["BackupInfo", "Database", "UNIT", "backup", "bucket_location", "counts",
-           "default_database", "is_empty", "latest_backup", "list_backups", "restore",
+__all__ = ["BackupInfo", "Database", "UNIT", "backup", "backup_on_server", "bucket_location",
+           "counts", "default_database", "is_empty", "latest_backup", "list_backups", "restore",
            "restore_if_new", "systemd_units"]
