@@ -272,6 +272,22 @@ class HostPaths:
         return str(PurePosixPath(self.mounts) / "data")
 
     @property
+    def workdir(self) -> str:
+        """The server's replab work directory (config.yaml and the EC2 keys the backup timer
+        uses): ``<root>/work``."""
+        return str(PurePosixPath(self.root) / "work")
+
+    @property
+    def venv(self) -> str:
+        """The virtual environment replab is installed in on the server: ``<root>/venv``."""
+        return str(PurePosixPath(self.root) / "venv")
+
+    @property
+    def replab(self) -> str:
+        """The server's ``replab`` command (in :attr:`venv`)."""
+        return str(PurePosixPath(self.venv) / "bin" / "replab")
+
+    @property
     def mlflow_dir(self) -> str:
         return str(PurePosixPath(self.lab) / "mlflow")
 
