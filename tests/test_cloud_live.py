@@ -1,25 +1,37 @@
-"""replab.cloud against a real Chameleon project: ``pytest -m chameleon``.
+"""The whole series against a real Chameleon project: ``pytest -m chameleon``.
 
 Skipped without credentials: a JupyterHub token (``OS_ACCESS_TOKEN``), an application
 credential (``OS_APPLICATION_CREDENTIAL_ID``/``_SECRET`` with ``OS_AUTH_URL``) or a
 ``clouds.yaml`` entry (``OS_CLOUD``). The site is ``REPLAB_SITE`` (default ``OS_REGION_NAME``,
-else CHI@UC). It reserves the smallest machine free now for one hour, boots it, checks it,
-and tears everything down, also when a step fails. Costs about one node-hour.
+else CHI@UC). It reserves the smallest machine free now for one hour, then goes 1 -> 5 as a
+researcher would: credentials and buckets, lease + server + floating IP + host setup (run
+twice: the second run creates and changes nothing), the lab (docker compose on the server),
+a run logged through an SSH tunnel to the lab's MLflow, its replay to a verdict, the
+server's backup command, and the teardown, which also runs when a step fails. Costs about
+one node-hour; takes 30-60 minutes (bare-metal boot ~10 min, first image build ~10 min).
+``REPLAB_LIVE_REPOSITORY`` (an https URL) is cloned on the server; default none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from replab import cloud as rc
-from replab import config, sites
+from replab import config, credentials, lab, provisioning, remote, replay, sites
+from replab.lab import backup, compose
 
-pytestmark = [pytest.mark.chameleon, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.chameleon, pytest.mark.slow, pytest.mark.timeout(4 * 3600)]
 
 _CREDENTIALS = ("OS_ACCESS_TOKEN", "OS_APPLICATION_CREDENTIAL_ID", "OS_CLOUD")
 if not any(os.environ.get(v) for v in _CREDENTIALS):
@@ -28,15 +40,15 @@ if not any(os.environ.get(v) for v in _CREDENTIALS):
 
 log = logging.getLogger(__name__)
 SITE = os.environ.get("REPLAB_SITE") or os.environ.get("OS_REGION_NAME") or "CHI@UC"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _public_key() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    key = ed25519.Ed25519PrivateKey.generate().public_key()
-    return key.public_bytes(serialization.Encoding.OpenSSH,
-                            serialization.PublicFormat.OpenSSH).decode() + " replab-live"
+def _keypair(directory: Path) -> tuple[Path, Path]:
+    """A fresh ed25519 key pair (private key file, public key file) for the server."""
+    private = directory / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "replab-live", "-f",
+                    str(private)], check=True)
+    return private, private.with_suffix(".pub")
 
 
 def _smallest_first(site: sites.Site) -> list[sites.Machine]:
@@ -46,47 +58,100 @@ def _smallest_first(site: sites.Site) -> list[sites.Machine]:
 
 def _cfg(site: sites.Site, machine: sites.Machine, workdir: str, experiment: str):
     key = "node_type" if site.kind == sites.BARE_METAL else "flavor"
-    return config.build({"experiment": experiment, "frameworks": ["pytorch"], "site": site.name,
-                         key: machine.name, "gpu_vendor": machine.gpu_vendor,
-                         "lease_hours": 1, "workdir": workdir})
+    return config.build({"experiment": experiment, "frameworks": ["sklearn"],
+                         "site": site.name, key: machine.name,
+                         "gpu_vendor": machine.gpu_vendor, "lease_hours": 1,
+                         "repository": os.environ.get("REPLAB_LIVE_REPOSITORY") or None,
+                         "workdir": workdir})
 
 
-def test_reserve_boot_and_tear_down_the_smallest_free_machine(tmp_path):
-    site = sites.get_site(SITE)
-    if site.kind == sites.LOCAL:
-        pytest.skip("REPLAB_SITE is 'local': nothing to reserve")
-    experiment = f"replab-live-{secrets.token_hex(3)}"
-    probe = _cfg(site, site.machines[0], str(tmp_path), experiment)
-    clients = rc.connect(probe)
+def _free_machine(site: sites.Site, workdir: str, experiment: str):
+    """The config of the smallest machine free for an hour from now, or None."""
+    clients = rc.connect(_cfg(site, site.machines[0], workdir, experiment))
     now = _dt.datetime.now(_dt.timezone.utc)
-
-    cfg = None
     for machine in _smallest_first(site):
-        candidate = _cfg(site, machine, str(tmp_path), experiment)
+        candidate = _cfg(site, machine, workdir, experiment)
         flavor = (rc.flavor_id(clients.conn, machine.name) if site.kind == sites.KVM
                   else None)
         slot = rc.next_free_slot(clients.blazar, candidate, hours=1, flavor_id=flavor, now=now)
         log.info("%s at %s: next free %s", machine.name, site.name, slot)
         if slot is not None and slot.start <= now + _dt.timedelta(minutes=5):
-            cfg = candidate
-            break
+            return candidate
+    return None
+
+
+@contextlib.contextmanager
+def _tunnel(host: remote.Host, remote_port: int) -> Iterator[str]:
+    """``ssh -N -L`` to the server's 127.0.0.1:``remote_port``; yields the local URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(host.ssh_command(
+        "-N", "-o", "ExitOnForwardFailure=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-L", f"{port}:127.0.0.1:{remote_port}"))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert proc.poll() is None, "the SSH tunnel exited"
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_whole_series_on_the_smallest_free_machine(tmp_path):
+    site = sites.get_site(SITE)
+    if site.kind == sites.LOCAL:
+        pytest.skip("REPLAB_SITE is 'local': nothing to reserve")
+    workdir = str(tmp_path / "work")
+    cfg = _free_machine(site, workdir, f"replab-live-{secrets.token_hex(3)}")
     if cfg is None:
         pytest.skip(f"no machine at {site.name} is free for an hour now")
-
-    state = rc.State.load(tmp_path)
+    config.save(cfg)
+    private, public = _keypair(tmp_path)
     try:
-        done = rc.provision(cfg, clients.blazar, clients.conn, state=state,
-                            public_key=_public_key(), progress=log.info)
-        assert done.pending_until is None
-        assert done.server.status == "ACTIVE" and done.address
-        assert rc.find_lease(clients.blazar, cfg.names["lease"])["status"] == "ACTIVE"
-        assert state.get("floating_ip")["address"] == done.address
+        # 1_create_credentials
+        made = credentials.setup(cfg, progress=log.info)
+        assert {o.what for o in made.outcomes} >= {"application credential", "EC2 credential"}
+        # 2_provision, then again: the re-run resumes and creates or changes nothing
+        first = provisioning.provision_all(cfg, public_key=str(public),
+                                           private_key=str(private), progress=log.info)
+        assert first.address and first.pending_until is None
+        assert [s.name for s in first.steps][-3:] == ["replab", "workdir", "backup-timer"]
+        state = rc.State.load(cfg.workdir)
+        assert {"lease", "server", "floating_ip", "keypair"} <= set(state.live())
+        again = provisioning.provision_all(cfg, public_key=str(public),
+                                           private_key=str(private), progress=log.info)
+        assert again.address == first.address
+        assert not [s for s in again.steps if s.changed], again.steps
+        # 3_launch_lab
+        info = lab.launch(cfg, progress=log.info)
+        assert set(info["services"]) == {"mlflow", "jupyter"}
+        host = lab.server_host(cfg)
+        # a run logged through the tunnel, replayed here to a verdict
+        with _tunnel(host, 5000) as url:
+            run_id = lab.example_run(cfg, {**info, "mlflow_url": url})
+            result = replay.replay_run(run_id, tracking_uri=url, repo=ROOT,
+                                       workdir=workdir, progress=log.info)
+            assert result.verdict.reproduced, result.verdict.to_dict()
+        # what the hourly timer runs, run now
+        conn = remote.connect(host)
+        try:
+            paths = compose.HostPaths.for_config(cfg, home=f"/home/{host.user}")
+            made_backup = backup.backup_on_server(cfg, conn, paths, reason="live")
+            assert made_backup.runs >= 2  # the run and its replay
+            assert remote.run(conn, ["systemctl", "is-enabled", f"{backup.UNIT}.timer"]).ok
+        finally:
+            conn.close()
     finally:
-        rc.delete_server(clients.conn, cfg.names["server"], wait=True)
-        rc.delete_lease(clients.blazar, cfg.names["lease"])
-        rc.delete_keypair(clients.conn, rc.keypair_name(cfg))
-        if rc.uses_security_groups(site):
-            rc.delete_security_group(clients.conn, cfg.names["security_group"])
-        for kind in list(state.live()):
-            state.mark_deleted(kind)
+        # 5_teardown, whatever happened
+        done = provisioning.teardown(cfg, delete_buckets=True, progress=log.info)
+        log.info("teardown:\n%s", done.markdown())
+    assert not done.problems, done.problems
+    assert rc.State.load(cfg.workdir).live() == {}
+    clients = rc.connect(cfg)
     assert rc.find_server(clients.conn, cfg.names["server"]) is None
+    assert rc.find_lease(clients.blazar, cfg.names["lease"]) is None
