@@ -15,7 +15,10 @@
 # Reserves the node type (bare metal) or flavor (KVM) with a floating IP, boots the server
 # from the configured image on that reservation, attaches the *reserved* floating IP, waits
 # for SSH, and sets the host up: Docker, the NVIDIA container toolkit or ROCm, rclone with a
-# systemd mount of the data bucket, your repository, the lab files, the backup timer.
+# systemd mount of the data bucket, your repository, the lab files, replab itself (in a venv,
+# with the server's work directory: the config and the EC2 keys only) and the hourly backup
+# timer. An ssh repository URL (`git@...`) is cloned with your SSH agent forwarded: start
+# one first (`eval $(ssh-agent) && ssh-add`), or use the https URL.
 #
 # Every resource is recorded in `<workdir>/state.json` as soon as it exists: re-running
 # resumes and creates nothing twice; `5_teardown` gives it all back. `dry_run = True` lists
