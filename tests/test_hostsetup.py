@@ -477,5 +477,11 @@ def test_server_replab_runs_the_backup_timers_command(conn, ec2, tmp_path, ssh_s
                                        progress=said.append)
         assert last.key != latest.key and last.key.endswith("-teardown.sqlite")
         assert last.runs == 1 and said and last.location in said[0]
+        # the timer prunes old scheduled backups (here: all but the newest, on the real S3)
+        assert remote.run(conn, argv, env=env).ok
+        gone = backup.prune(cfg, keep_recent=1, keep_daily=0)
+        assert [b.key for b in gone] == [k for k in sorted(keys) if k.endswith(".sqlite")]
+        left = storage.list_objects(s3, cfg.buckets.backups, "mlflow-db/")
+        assert len(left) == 4 and last.key in left and last.meta_key in left
     finally:
         storage.delete_bucket(s3, cfg.buckets.backups, force=True)

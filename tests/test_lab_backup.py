@@ -49,7 +49,7 @@ def test_systemd_units_golden():
     golden("replab-lab-backup.timer", units["replab-lab-backup.timer"])
     service = units["replab-lab-backup.service"]
     assert ("ExecStart=/usr/local/bin/replab lab backup --workdir /home/cc/work "
-            "--reason scheduled") in service
+            "--reason scheduled --prune") in service
     assert "Type=oneshot" in service and "User=cc" in service
     timer = units["replab-lab-backup.timer"]
     assert "OnCalendar=hourly" in timer and "Persistent=true" in timer
@@ -107,6 +107,56 @@ def test_bad_reason_and_nothing_to_back_up(tmp_path):
     assert backup.restore_if_new(cfg) is None
     with pytest.raises(ConfigError, match="no backup"):
         backup.restore(cfg)
+
+
+def _info(stamp: str, reason: str = "scheduled") -> backup.BackupInfo:
+    return backup.BackupInfo(key=f"mlflow-db/{stamp}-{reason}.sqlite", bucket="b",
+                             location="x", backend="sqlite", created_at=stamp, reason=reason,
+                             mlflow_version="3", schema_revision=None, runs=1, experiments=1,
+                             size=1, sha256="0")
+
+
+def test_prune_plan_keeps_recent_daily_and_every_unscheduled_backup():
+    hourly = [_info(f"202605{day:02d}T{hour:02d}0000.000Z") for day in (1, 2, 3)
+              for hour in range(24)]
+    by_hand = [_info("20260501T123000.000Z", "manual"), _info("20260501T000001.000Z",
+                                                              "teardown")]
+    every = sorted(hourly + by_hand, key=lambda b: b.key)
+    doomed = backup.prune_plan(every, keep_recent=30, keep_daily=2)
+    kept = {b.key for b in every} - {b.key for b in doomed}
+    # the newest 30 hourly (all of day 3, 6 of day 2), the newest of days 3 and 2, and the
+    # manual and teardown ones; day 1's hourly ones all go (only 2 days are kept)
+    assert {b.reason for b in doomed} == {"scheduled"}
+    assert kept >= {b.key for b in by_hand}
+    assert sorted(k for k in kept if "scheduled" in k) == sorted(b.key for b in hourly[-30:])
+    assert len(doomed) == 72 - 30
+    assert doomed == sorted(doomed, key=lambda b: b.key)  # oldest first
+    days = backup.prune_plan(every, keep_recent=1, keep_daily=3)
+    assert {b.key for b in hourly} - {b.key for b in days} == {
+        "mlflow-db/20260501T230000.000Z-scheduled.sqlite",
+        "mlflow-db/20260502T230000.000Z-scheduled.sqlite",
+        "mlflow-db/20260503T230000.000Z-scheduled.sqlite"}
+    assert backup.prune_plan(by_hand, keep_recent=1, keep_daily=0) == []
+    with pytest.raises(ConfigError, match="keep_recent"):
+        backup.prune_plan(every, keep_recent=0)
+
+
+@pytest.mark.services
+def test_prune_deletes_old_scheduled_backups_from_the_bucket(tmp_path):
+    cfg = local_config(tmp_path / "work")
+    db = backup.Database.sqlite(tmp_path / "mlflow.db")
+    sqlite3.connect(db.path).close()
+    made = [backup.backup(cfg, reason=r, database=db)
+            for r in ("scheduled", "manual", "scheduled", "scheduled")]
+    said: list[str] = []
+    gone = backup.prune(cfg, keep_recent=1, keep_daily=0, progress=said.append)
+    assert [b.key for b in gone] == [made[0].key, made[2].key]
+    assert [b.key for b in backup.list_backups(cfg)] == [made[1].key, made[3].key]
+    root = cfg.workdir_path / "buckets" / cfg.buckets.backups / "mlflow-db"
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        Path(k).name for b in (made[1], made[3]) for k in (b.key, b.meta_key))
+    assert said and "pruned 2 scheduled backup(s)" in said[0]
+    assert backup.prune(cfg, keep_recent=1, keep_daily=0) == []
 
 
 # -- round trips -------------------------------------------------------------------------------

@@ -142,6 +142,8 @@ def _cmd_lab(args) -> int:
 
         info = backup.backup(cfg, reason=args.reason)
         print(f"backed up {info.runs} run(s) to {info.location}")
+        if args.prune:
+            backup.prune(cfg, progress=print)
     elif args.action == "restore":
         from .lab import backup
 
@@ -245,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--reason", default="manual", help="backup: a word kept in its name")
     lb.add_argument("--backup", help="restore: a backup key or stamp (default: the latest)")
     lb.add_argument("--force", action="store_true", help="restore over a database with runs")
+    lb.add_argument("--prune", action="store_true",
+                    help="backup: then delete old scheduled backups (keeps the newest 48 and "
+                         "one a day for 30 days; manual and teardown backups are kept)")
     lb.set_defaults(func=_cmd_lab)
 
     r = sub.add_parser("run", help="track an unmodified program: replab run -- python x.py")

@@ -349,6 +349,12 @@ def list_objects(s3, bucket: str, prefix: str = "") -> dict[str, int]:
     return {o["Key"]: int(o["Size"]) for o in _objects(s3, bucket, prefix)}
 
 
+def delete_object(s3, bucket: str, key: str) -> None:
+    """Delete ``key`` from ``bucket`` (S3 answers the same whether or not it existed)."""
+    with _translated(s3, "DELETE", bucket, key):
+        s3.delete_object(Bucket=bucket, Key=key)
+
+
 def bucket_usage(s3, name: str, *, page_size: int = 1000) -> tuple[int, int]:
     """``(objects, bytes)`` stored in bucket ``name``, counted over every page of the listing
     (``page_size`` keys a page).
@@ -656,6 +662,7 @@ def local_buckets(root: str | os.PathLike, names: Iterable[str]) -> dict[str, Pa
 __all__ = [
     "DEFAULT_PART_SIZE", "MIN_PART_SIZE", "Progress", "ProgressBar", "S3Error", "S3_REGION",
     "Transferred", "bucket_name_problem", "bucket_usage", "check_bucket_name", "delete_bucket",
+    "delete_object",
     "download", "ensure_bucket", "ensure_buckets", "is_mounted", "list_buckets",
     "list_objects", "local_buckets", "mount", "mount_args", "mount_source", "notebook_progress",
     "copy", "ls", "rclone_binary", "rclone_env", "render_rclone_conf", "s3_client", "s3_remote",

@@ -185,6 +185,14 @@ class _Bucket:
             raise ConfigError(f"backup {key} is not in {self.root}")
         shutil.copyfile(source, path)
 
+    def delete(self, key: str) -> None:
+        if self.s3 is not None:
+            from .. import storage
+
+            storage.delete_object(self.s3, self.name, key)
+            return
+        (self.root / key).unlink(missing_ok=True)
+
     def keys(self, prefix: str) -> list[str]:
         if self.s3 is not None:
             from .. import storage
@@ -462,6 +470,48 @@ def latest_backup(cfg, *, with_content: bool = False) -> BackupInfo | None:
     return None
 
 
+SCHEDULED = "scheduled"  # the timer's reason; only these backups are ever pruned
+KEEP_RECENT, KEEP_DAILY = 48, 30
+
+
+def prune_plan(backups: list[BackupInfo], *, keep_recent: int = KEEP_RECENT,
+               keep_daily: int = KEEP_DAILY) -> list[BackupInfo]:
+    """Which backups :func:`prune` deletes: only ``scheduled`` ones, never the newest
+    ``keep_recent`` of them, nor the newest of each of the ``keep_daily`` most recent UTC
+    days that have one; backups made by hand or by teardown are always kept. Pure."""
+    if keep_recent < 1 or keep_daily < 0:
+        raise ConfigError([("keep", f"keep_recent={keep_recent} (>= 1), keep_daily="
+                                    f"{keep_daily} (>= 0)")])
+    scheduled = sorted((b for b in backups if b.reason == SCHEDULED), key=lambda b: b.key,
+                       reverse=True)
+    kept = {b.key for b in scheduled[:keep_recent]}
+    days: set[str] = set()
+    for b in scheduled:
+        day = b.created_at[:8]  # YYYYMMDD of the stamp
+        if day not in days and len(days) < keep_daily:
+            days.add(day)
+            kept.add(b.key)
+    return [b for b in reversed(scheduled) if b.key not in kept]
+
+
+def prune(cfg, *, keep_recent: int = KEEP_RECENT, keep_daily: int = KEEP_DAILY,
+          progress: Progress | None = None) -> list[BackupInfo]:
+    """Delete the scheduled backups :func:`prune_plan` selects (the sidecar first, so a
+    listed backup is always a complete one); returns them."""
+    doomed = prune_plan(list_backups(cfg), keep_recent=keep_recent, keep_daily=keep_daily)
+    bucket = _Bucket(cfg)
+    for info in doomed:
+        bucket.delete(info.meta_key)
+        bucket.delete(info.key)
+    if doomed:
+        message = (f"pruned {len(doomed)} scheduled backup(s) from {bucket.location} (kept "
+                   f"the newest {keep_recent} and one a day for {keep_daily} days)")
+        log.info("%s", message)
+        if progress:
+            progress(message)
+    return doomed
+
+
 def _find(cfg, backup: BackupInfo | str | None) -> BackupInfo:
     if isinstance(backup, BackupInfo):
         return backup
@@ -616,7 +666,7 @@ def systemd_units(workdir: str, *, replab: str = "/usr/local/bin/replab", user: 
                   environment_file: str | None = None, database_uri: str | None = None,
                   mlflow_version: str | None = None) -> dict[str, str]:
     """The service and timer that run ``replab lab backup --workdir WORKDIR --reason
-    scheduled`` on the GPU server (``on_calendar``, systemd's syntax; missed runs are
+    scheduled --prune`` on the GPU server (``on_calendar``, systemd's syntax; missed runs are
     caught up after a boot). ``environment_file`` (optional) is read for ``PGPASSWORD``
     and the like; ``database_uri`` (without a password) becomes ``REPLAB_MLFLOW_DB``;
     ``mlflow_version`` (the lab container's) ``REPLAB_MLFLOW_VERSION``.
@@ -641,7 +691,7 @@ def systemd_units(workdir: str, *, replab: str = "/usr/local/bin/replab", user: 
         service.append(f"Environment={_quote(f'{DB_ENV}={database_uri}')}")
     if mlflow_version:
         service.append(f"Environment={_quote(f'{VERSION_ENV}={mlflow_version}')}")
-    argv = [replab, "lab", "backup", "--workdir", workdir, "--reason", "scheduled"]
+    argv = [replab, "lab", "backup", "--workdir", workdir, "--reason", SCHEDULED, "--prune"]
     service += [
         f"ExecStart={' '.join(_quote(a) for a in argv)}",
         "Nice=10",
