@@ -16,7 +16,8 @@
 # server, releases floating IPs the lease does not own, deletes the lease, the security
 # group, the keypair and the credentials. Buckets are kept unless `delete_buckets = True`.
 # Idempotent: run it again any time; it shows what was deleted and what was kept, and
-# `state.json` records it.
+# `state.json` records it. If the last MLflow backup fails, nothing is stopped or deleted
+# (the server's disk holds the database); fix the cause, or set `without_backup = True`.
 
 # %% tags=["parameters"]
 workdir: str = "work"  # experiment work directory
@@ -25,6 +26,7 @@ keep_credentials: bool = False  # keep the application and EC2 credentials
 cloud: str = ""  # clouds.yaml entry to authenticate with (default: JupyterHub, OS_CLOUD)
 dry_run: bool = False  # show what exists; delete nothing
 keep_lab: bool = False  # back the lab up but leave it running (make demo does)
+without_backup: bool = False  # tear down even when the last MLflow backup fails
 
 # %%
 from IPython.display import Markdown, display
@@ -39,5 +41,6 @@ if not dry_run:
     result = provisioning.teardown(cfg, delete_buckets=delete_buckets,
                                    keep_credentials=keep_credentials,
                                    cloud_name=cloud or None, keep_lab=keep_lab,
-                                   progress=print)
+                                   without_backup=without_backup, progress=print)
     display(Markdown(result.markdown()))
+    result.check()  # stops a headless run when something could not be given back

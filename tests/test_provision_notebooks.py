@@ -3,6 +3,7 @@
 import pytest
 
 from replab import config
+from replab.errors import ReplabError
 from tests.notebooks import execute, outputs_text
 
 CHAMELEON = ["CHI@TACC", "CHI@UC", "KVM@TACC", "CHI@NCAR"]
@@ -49,4 +50,28 @@ def test_local_provision_checks_prerequisites_and_teardown_keeps_buckets(tmp_pat
     again = tmp_path / "5b.ipynb"
     execute("5_teardown.ipynb", again, workdir=str(wd), delete_buckets=True)
     assert "bucket directory" in outputs_text(again)
+    assert not (wd / "buckets" / "prov-data").exists()
+
+
+def test_teardown_deletes_nothing_when_the_last_backup_fails(tmp_path):
+    """A lab whose database cannot be backed up is not stopped, and nothing is deleted: a
+    server's disk would take the MLflow history with it. without_backup=True goes on."""
+    from replab import config, provisioning
+
+    wd = _configure(tmp_path, "local")
+    execute("1_create_credentials.ipynb", tmp_path / "1.ipynb", workdir=str(wd))
+    cfg = config.load(wd)
+    (wd / "lab.json").write_text('{"site": "local"}\n')  # a lab whose database is gone
+    done = provisioning.teardown(cfg, delete_buckets=True)
+    assert done.deleted == [] and done.kept == []
+    assert any(p.startswith("MLflow backup: ") for p in done.problems)
+    assert "nothing was stopped or deleted" in done.problems[-1]
+    assert (wd / "buckets" / "prov-data").is_dir()
+    with pytest.raises(ReplabError, match="teardown is incomplete"):
+        done.check()
+    # the notebook fails the same way, headless
+    with pytest.raises(Exception, match="nothing was stopped or deleted"):
+        execute("5_teardown.ipynb", tmp_path / "5.ipynb", workdir=str(wd), delete_buckets=True)
+    forced = provisioning.teardown(cfg, delete_buckets=True, without_backup=True)
+    assert not forced.problems, forced.problems
     assert not (wd / "buckets" / "prov-data").exists()

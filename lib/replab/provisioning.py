@@ -176,6 +176,13 @@ class Teardown:
     kept: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
+    def check(self) -> Teardown:
+        """Raise ReplabError listing the problems, if any (a headless run must fail)."""
+        if self.problems:
+            raise ReplabError("the teardown is incomplete:\n" + "\n".join(
+                f"- {p}" for p in self.problems))
+        return self
+
     def markdown(self) -> str:
         lines = ["| | |", "|---|---|"]
         lines += [f"| deleted | {d} |" for d in self.deleted]
@@ -186,9 +193,12 @@ class Teardown:
 
 def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = False,
              cloud_name: str | None = None, clouds_file: str | None = None, clients=None,
-             keep_lab: bool = False, progress: Say | None = None) -> Teardown:
+             keep_lab: bool = False, without_backup: bool = False,
+             progress: Say | None = None) -> Teardown:
     """Give everything back (see the module doc); idempotent. A step that fails is reported
-    in ``problems`` and the others still run, so one failure leaks nothing else.
+    in ``problems`` and the others still run, so one failure leaks nothing else - except
+    the MLflow backup: when it fails, nothing is stopped or deleted (the database would be
+    lost with the server), unless ``without_backup``, which skips it.
     ``keep_lab``: back the lab up but leave it running (and everything else in place).
     ``clients``: a ``cloud.Clients`` for the compute site instead of authenticating;
     ``cloud_name``/``clouds_file``: the clouds.yaml entry to authenticate with."""
@@ -209,8 +219,17 @@ def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = Fals
         return None
 
     if (cfg.workdir_path / "lab.json").exists():
-        info = step("MLflow backup", lambda: _backup_lab(cfg, say))
-        if info:
+        if without_backup:
+            say("no MLflow backup (without_backup=True): the lab's history since the last "
+                "backup goes with it")
+        else:
+            info = step("MLflow backup", lambda: _backup_lab(cfg, say))
+            if info is None:
+                out.problems.append(
+                    "nothing was stopped or deleted: the lab's MLflow database could not be "
+                    "backed up (above). Fix that and run again, or pass without_backup=True "
+                    "to give everything back without a last backup")
+                return out
             out.kept.append(f"MLflow backup {info.location} ({info.runs} runs)")
         if keep_lab:
             out.kept.append("the lab, running (keep_lab=True)")
