@@ -326,6 +326,14 @@ def test_backup_timer_twice(conn, cfg, sysroot, tmp_path, ssh_server):
     assert not hostsetup.backup_timer(conn, cfg, root=sysroot, home=home).changed
     assert hostsetup.backup_timer(conn, cfg, root=sysroot, home=home,
                                   on_calendar="*:0/30").changed
+    # a PostgreSQL lab: the database compose publishes on the server's loopback, its
+    # password from the lab's .env (never in the unit)
+    pg = config.build(basic("CHI@UC", gpu_vendor="none", workdir=str(tmp_path / "work"),
+                            lab={"mlflow_backend": "postgresql"}))
+    assert hostsetup.backup_timer(conn, pg, root=sysroot, home=home).changed
+    service = (units / f"{backup.UNIT}.service").read_text()
+    assert f"REPLAB_MLFLOW_DB={backup.SERVER_POSTGRES_URI}" in service
+    assert f"EnvironmentFile=-{paths.lab}/.env" in service
 
 
 @services

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -276,6 +277,24 @@ def test_postgresql_round_trip_and_explicit_restore(tmp_path):
             info = local.launch(cfg)
             assert info.restored is None
             assert_runs_present(info.mlflow_url, expected, tmp_path)
+            # the GPU server's way (its timer, teardown, launch): a URI without a password,
+            # the password only in the lab's .env as POSTGRES_PASSWORD, read by --env-file
+            db = local.database(cfg)
+            env_file = tmp_path / "lab.env"
+            env_file.write_text(f"# the lab's .env\nPOSTGRES_PASSWORD={db.password}\n")
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("PGPASSWORD", "POSTGRES_PASSWORD")}
+            env[backup.DB_ENV] = f"postgresql://{db.user}@{db.host}:{db.port}/{db.name}"
+            cli = [str(Path(sys.executable).with_name("replab")), "lab"]
+            where = ["--workdir", str(workdir), "--env-file", str(env_file)]
+            out = subprocess.run([*cli, "backup", *where, "--reason", "scheduled", "--prune"],
+                                 env=env, capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stderr
+            latest = backup.latest_backup(cfg)
+            assert latest.key.endswith("-scheduled.pgdump") and latest.runs == len(expected)
+            out = subprocess.run([*cli, "restore", "--if-new", *where], env=env,
+                                 capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0 and "nothing restored" in out.stdout, out.stderr
         finally:
             local.stop(cfg)
 

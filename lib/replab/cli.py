@@ -129,6 +129,8 @@ def _cmd_lab(args) -> int:
     from . import config, lab
 
     cfg = config.load(args.workdir)
+    if args.env_file:
+        _load_env_file(Path(args.env_file))
     if args.action == "launch":
         info = lab.launch(cfg, progress=print)
         print(json.dumps(info, indent=1))
@@ -147,9 +149,26 @@ def _cmd_lab(args) -> int:
     elif args.action == "restore":
         from .lab import backup
 
+        if args.if_new:
+            done = backup.restore_if_new(cfg, progress=print)
+            print(f"restored {done.runs} run(s) from {done.location}" if done else
+                  "the database has content, or no backup has any: nothing restored")
+            return 0
         info = backup.restore(cfg, args.backup, force=args.force, progress=print)
         print(f"restored {info.runs} run(s) from {info.location}")
     return 0
+
+
+def _load_env_file(path: Path) -> None:
+    """KEY=VALUE lines (the lab's .env) into the environment, never over a set variable."""
+    import os
+
+    if not path.is_file():
+        raise ConfigError([("--env-file", f"{path} does not exist")])
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#") and key.strip():
+            os.environ.setdefault(key.strip(), value.strip())
 
 
 def _print_verdict(v) -> int:
@@ -247,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--reason", default="manual", help="backup: a word kept in its name")
     lb.add_argument("--backup", help="restore: a backup key or stamp (default: the latest)")
     lb.add_argument("--force", action="store_true", help="restore over a database with runs")
+    lb.add_argument("--if-new", action="store_true",
+                    help="restore: only into a new (empty) database, from the latest backup "
+                         "with runs")
+    lb.add_argument("--env-file", help="read variables (POSTGRES_PASSWORD, ...) from this "
+                                       "file, as the lab's .env on the GPU server")
     lb.add_argument("--prune", action="store_true",
                     help="backup: then delete old scheduled backups (keeps the newest 48 and "
                          "one a day for 30 days; manual and teardown backups are kept)")

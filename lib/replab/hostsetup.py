@@ -643,8 +643,9 @@ def replab_cli(conn, cfg, *, paths=None, home: str | None = None, python: str = 
                constraints: str | os.PathLike | None = None) -> Step:
     """replab itself on the server, in the virtual environment ``HostPaths.venv``, installed
     from the source :func:`upload_lab` put at ``HostPaths.source`` (run that first), with
-    :data:`SERVER_PACKAGES` pinned by this checkout's ``constraints.txt``. The backup timer
-    and teardown's last backup run ``HostPaths.replab``. changed=False when the venv holds
+    :data:`SERVER_PACKAGES` pinned by this checkout's ``constraints.txt`` (and, for a
+    PostgreSQL lab, the distribution's ``postgresql-client``). The backup timer and
+    teardown's last backup run ``HostPaths.replab``. changed=False when the venv holds
     the uploaded source already (same sha256). ``python3 -m venv`` failing on the live
     system installs ``python3-venv`` first. Raises CloudError when a command fails."""
     from .lab import server
@@ -657,7 +658,9 @@ def replab_cli(conn, cfg, *, paths=None, home: str | None = None, python: str = 
                          f"{LAB_SOURCE} step uploads it first", "replab-cli")
     marker = f"{paths.venv}/{SOURCE_HASH_FILE}"
     replab = paths.replab
-    if (remote.read_text(conn, marker) or "").strip() == digest and \
+    pg_client = (cfg.lab.mlflow_backend != "postgresql" or not _live(root)
+                 or _which(conn, "pg_dump") is not None)
+    if (remote.read_text(conn, marker) or "").strip() == digest and pg_client and \
             _ok(conn, [replab, "--version"]):
         return Step(REPLAB_CLI, False, f"{replab} is current (sha256 {digest[:12]})")
     notes = []
@@ -680,6 +683,12 @@ def replab_cli(conn, cfg, *, paths=None, home: str | None = None, python: str = 
     # replab itself last and always reinstalled: its version does not change with the source
     remote.run(conn, [*pip, "--no-deps", "--force-reinstall", paths.source], timeout=900)
     version = remote.run(conn, [replab, "--version"]).stdout.strip()
+    if cfg.lab.mlflow_backend == "postgresql" and not _which(conn, "pg_dump"):
+        if _live(root):  # Ubuntu 24.04's client is 16, as the lab's PostgreSQL
+            _apt_install(conn, ["postgresql-client"], sudo=not _is_root(conn))
+            notes.append("installed postgresql-client (pg_dump for the backups)")
+        else:
+            notes.append(f"apt-get install postgresql-client skipped ({_skipped(root)})")
     remote.put_text(conn, digest + "\n", marker, mode=0o644)
     notes.append(f"installed {version or 'replab'} from {paths.source} (sha256 {digest[:12]})")
     return Step(REPLAB_CLI, True, "; ".join(notes), {"replab": replab})
@@ -723,15 +732,15 @@ def backup_timer(conn, cfg, *, root: str | os.PathLike = "/", home: str | None =
     ``<root>/etc/systemd/system``; changed=False when both units are already there as
     rendered. ``workdir`` (on the server, written by :func:`server_workdir`) defaults to
     ``HostPaths.workdir``, ``replab`` to ``HostPaths.replab`` (:func:`replab_cli`), the
-    sqlite database to ``<HostPaths.lab>/mlflow/mlflow.db``. Raises CloudError when
-    systemctl fails."""
+    database to ``lab.backup.server_database_uri`` (the password comes from the lab's
+    ``.env``). Raises CloudError when systemctl fails."""
     from .lab import backup
     from .lab.compose import HostPaths
 
     user = _user(conn, user)
     paths = HostPaths.for_config(cfg, _home(conn, user, home))
-    if database_uri is None and cfg.lab.mlflow_backend == "sqlite":
-        database_uri = f"sqlite:///{paths.mlflow_dir}/mlflow.db"
+    if database_uri is None:
+        database_uri = backup.server_database_uri(cfg, paths)
     units = backup.systemd_units(workdir or paths.workdir, replab=replab or paths.replab,
                                  user=user, mlflow_version=lab_mlflow_version(),
                                  on_calendar=on_calendar,

@@ -48,6 +48,16 @@ PREFIX = "mlflow-db/"
 EXTENSIONS = {"sqlite": "sqlite", "postgresql": "pgdump"}
 DB_ENV = "REPLAB_MLFLOW_DB"  # the database to back up, as a URI (the GPU server's unit)
 VERSION_ENV = "REPLAB_MLFLOW_VERSION"  # the lab container's MLflow (the GPU server's unit)
+# the lab's PostgreSQL as the GPU server itself reaches it (compose publishes it on loopback)
+SERVER_POSTGRES_URI = "postgresql://mlflow@127.0.0.1:5432/mlflow"
+
+
+def server_database_uri(cfg, paths) -> str:
+    """The URI of the lab's MLflow database on the GPU server (``paths``: its HostPaths),
+    without a password: the sqlite file the mlflow container mounts, or its PostgreSQL."""
+    if cfg.lab.mlflow_backend == "postgresql":
+        return SERVER_POSTGRES_URI
+    return f"sqlite:///{paths.mlflow_dir}/mlflow.db"
 UNIT = "replab-lab-backup"
 _REASON = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -78,7 +88,8 @@ class Database:
     @classmethod
     def from_uri(cls, uri: str, password: str | None = None) -> Database:
         """``sqlite:////abs/path.db`` or ``postgresql[+driver]://user[:pw]@host[:port]/name``;
-        a password in neither the URI nor ``password`` comes from ``PGPASSWORD``.
+        a password in neither the URI nor ``password`` comes from ``PGPASSWORD``, else
+        ``POSTGRES_PASSWORD`` (the lab's ``.env`` on the GPU server).
 
         Raises ConfigError for anything else."""
         if uri.startswith("sqlite:///"):
@@ -90,7 +101,8 @@ class Database:
                                 parsed.path.strip("/"),
                                 password or (urllib.parse.unquote(parsed.password)
                                              if parsed.password else None)
-                                or os.environ.get("PGPASSWORD"))
+                                or os.environ.get("PGPASSWORD")
+                                or os.environ.get("POSTGRES_PASSWORD"))
         raise ConfigError([(DB_ENV, f"{uri.split('@')[-1]!r} is not a sqlite:/// or "
                                     "postgresql:// database URI")])
 
@@ -367,25 +379,23 @@ def default_database(cfg) -> Database:
 def backup_on_server(cfg, conn, paths, *, reason: str = "manual",
                      progress: Progress | None = None) -> BackupInfo:
     """Back up the GPU server's lab database there, over SSH (``conn``), with the replab
-    and the work directory host setup installed (``paths``: its ``HostPaths``); returns the
-    backup it made, read back from the bucket. Raises ConfigError (bad reason, PostgreSQL:
-    not supported on the server yet), CloudError (the command failed there, with its
+    and the work directory host setup installed (``paths``: its ``HostPaths``); the lab's
+    ``.env`` gives the PostgreSQL password. Returns the backup it made, read back from the
+    bucket. Raises ConfigError (bad reason), CloudError (the command failed there, with its
     output)."""
     from .. import hostsetup, remote
 
     if not _REASON.match(reason):
         raise ConfigError([("reason", f"{reason!r}: 1-32 of a-z, 0-9, '-', '_'")])
-    if cfg.lab.mlflow_backend != "sqlite":
-        raise ConfigError([("lab.mlflow_backend", "the server's PostgreSQL lab is backed up "
-                                                  "by hand: docker compose exec postgres "
-                                                  "pg_dump -Fc -U mlflow mlflow")])
-    env = {DB_ENV: f"sqlite:///{paths.mlflow_dir}/mlflow.db"}
+    env = {DB_ENV: server_database_uri(cfg, paths)}
     version = hostsetup.lab_mlflow_version()
     if version:
         env[VERSION_ENV] = version
     before = latest_backup(cfg)
-    out = remote.run(conn, [paths.replab, "lab", "backup", "--workdir", paths.workdir,
-                            "--reason", reason], env=env, timeout=1800)
+    argv = [paths.replab, "lab", "backup", "--workdir", paths.workdir, "--reason", reason]
+    if cfg.lab.mlflow_backend == "postgresql":
+        argv += ["--env-file", f"{paths.lab}/.env"]  # POSTGRES_PASSWORD
+    out = remote.run(conn, argv, env=env, timeout=1800)
     last = out.stdout.strip().splitlines()[-1:] or [""]
     info = latest_backup(cfg)
     if info is None or (before is not None and info.key == before.key):
@@ -716,6 +726,8 @@ def systemd_units(workdir: str, *, replab: str = "/usr/local/bin/replab", user: 
     return {f"{UNIT}.service": "\n".join(service), f"{UNIT}.timer": "\n".join(timer)}
 
 
-__all__ = ["BackupInfo", "Database", "UNIT", "backup", "backup_on_server", "bucket_location",
-           "counts", "default_database", "is_empty", "latest_backup", "list_backups", "restore",
-           "restore_if_new", "systemd_units"]
+__all__ = [
+    "SERVER_POSTGRES_URI", "UNIT", "BackupInfo", "Database", "backup", "backup_on_server",
+    "bucket_location", "counts", "default_database", "is_empty", "latest_backup", "list_backups",
+    "prune", "prune_plan", "restore", "restore_if_new", "server_database_uri", "systemd_units",
+]
