@@ -208,6 +208,7 @@ def test_mlflow_service():
     env = mlflow["environment"]
     assert env["MLFLOW_BACKEND_STORE_URI"] == "sqlite:////mlflow/mlflow.db"
     assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # no idle job-runner workers
     assert env["MLFLOW_S3_ENDPOINT_URL"].startswith("${MLFLOW_S3_ENDPOINT_URL")
     assert mlflow["volumes"] == [{"type": "bind", "source": "/home/cc/exp1/lab/mlflow",
                                   "target": "/mlflow"}]

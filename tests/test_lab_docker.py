@@ -14,6 +14,9 @@ Debian's docker-compose is v1.29, whose schema rejects the compose spec's top-le
 the test removes ``name`` and passes the same name with ``-p``. That is the only change made
 to the rendered file besides free host ports (5000 and 8888 may be taken on a test machine).
 
+The engine, the image builds and the helpers are shared with tests/test_lab_server.py
+(tests/docker_support.py).
+
 Environment: REPLAB_SKIP_SERVICES=1 skips; REPLAB_DOCKER_HOST uses that engine instead of
 starting one (it must have the base image: ``tests/services/docker.sh base``).
 """
@@ -23,166 +26,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import socket
-import subprocess
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from replab import config, rclone, storage
 from replab.lab import compose
+from tests import docker_support
+from tests.docker_support import (
+    DOCKER,
+    ROOT,
+    TIMINGS,
+    build_lab_images,
+    docker_env,
+    forward_to_bridge,
+    free_port,
+    http,
+    print_timings,
+    run,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.docker]
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "services" / "docker.sh"
-STATE = Path(os.environ.get("REPLAB_DOCKER_STATE_DIR")
-             or ROOT / "tests" / "services" / ".state" / "docker").absolute()
-BASE_IMAGE = "replab-test/bookworm:1"
-DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
-TIMINGS: dict[str, float] = {}
-
-
-def script(verb: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), verb, str(STATE)], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def http() -> requests.Session:
-    s = requests.Session()
-    s.trust_env = False  # loopback only: no proxies from the environment
-    return s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def docker_host() -> Iterator[str]:
-    if os.environ.get("REPLAB_SKIP_SERVICES") == "1":
-        pytest.skip("REPLAB_SKIP_SERVICES=1: Docker not started")
-    if os.environ.get("REPLAB_DOCKER_HOST"):
-        yield os.environ["REPLAB_DOCKER_HOST"]
-        return
-    missing = [c for c in ("dockerd", "docker-compose", "debootstrap") if not shutil.which(c)]
-    if missing:
-        pytest.fail(f"Docker for the lab test is missing {', '.join(missing)}: run "
-                    "`bash tests/services/docker.sh install` (or REPLAB_SKIP_SERVICES=1)",
-                    pytrace=False)
-    already = script("status", 60).returncode == 0
-    t = time.monotonic()
-    up = script("up", 120)
-    if up.returncode != 0:
-        pytest.fail(f"docker.sh up failed:\n{up.stdout}{up.stderr}", pytrace=False)
-    TIMINGS["dockerd up"] = time.monotonic() - t
-    host = next(line.split("=", 1)[1] for line in up.stdout.splitlines()
-                if line.startswith("DOCKER_HOST="))
-    try:
-        t = time.monotonic()
-        base = script("base", 600)
-        if base.returncode != 0:
-            pytest.fail(f"docker.sh base failed:\n{base.stdout}{base.stderr}", pytrace=False)
-        TIMINGS["base image"] = time.monotonic() - t
-        yield host
-    finally:
-        if not already:
-            down = script("down", 120)
-            assert down.returncode == 0, down.stdout + down.stderr
-
-
-class Forward:
-    """A TCP forwarder from ``listen`` to ``target`` (host, port) in threads: containers reach
-    the local Swift, which listens on loopback only, through the Docker bridge's address."""
-
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int]):
-        self.target = target
-        self.server = socket.create_server(listen)
-        self.port = self.server.getsockname()[1]
-        self.stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stop:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target, timeout=30)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stop = True
-        self.server.close()
-
-
-def run(argv: list[str], env: dict, timeout: float = 600, check: bool = True
-        ) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(argv[:4])} ... exit {proc.returncode}:\n"
-                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", pytrace=False)
-    return proc
-
-
-def build(image: compose.Image, env: dict) -> None:
-    image = dataclasses.replace(image, build_args={**image.build_args, "BASE": BASE_IMAGE})
-    t = time.monotonic()
-    run([DOCKER, *image.build_argv(str(ROOT))], env, timeout=900)
-    TIMINGS[f"build {image.name}"] = time.monotonic() - t
-
-
-@pytest.fixture
-def shared_dir(tmp_path) -> Iterator[Path]:
-    """A directory that is a mount point with shared propagation, as / is on a systemd host
-    (here / is private): the rclone mount made under it can be bound ``rslave``."""
-    node = tmp_path / "node"
-    node.mkdir()
-    subprocess.run(["mount", "--bind", str(node), str(node)], check=True)
-    try:
-        subprocess.run(["mount", "--make-rshared", str(node)], check=True)
-        yield node
-    finally:
-        subprocess.run(["umount", "-l", str(node)], check=False)
-
-
-def wait_healthy(container: str, env: dict, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    status = ""
-    while time.monotonic() < deadline:
-        status = run([DOCKER, "inspect", "--format", "{{.State.Health.Status}}", container],
-                     env).stdout.strip()
-        if status == "healthy":
-            return
-        time.sleep(1)
-    logs = run([DOCKER, "logs", "--tail", "40", container], env, check=False)
-    pytest.fail(f"{container} is {status!r} after {timeout} s:\n{logs.stdout}{logs.stderr}",
-                pytrace=False)
+docker_host = docker_support.docker_host  # fixtures
+shared_dir = docker_support.shared_dir
 
 
 IN_JUPYTER = """
@@ -203,19 +73,13 @@ print(json.dumps({"run_id": run_id, "uri": os.environ["MLFLOW_TRACKING_URI"],
 def test_lab_stack_comes_up_logs_to_swift_and_guards_jupyter(
         docker_host, local_openstack, ec2, shared_dir, tmp_path, capsys):
     started = time.monotonic()
-    env = dict(os.environ, DOCKER_HOST=docker_host)
-    env.pop("AWS_CA_BUNDLE", None)
+    env = docker_env(docker_host)
     stack = local_openstack
     name = f"labdock-{uuid.uuid4().hex[:6]}"
 
     # The local Swift, reachable from containers at the default bridge's gateway address.
-    bridge = json.loads(run([DOCKER, "network", "inspect", "bridge"], env).stdout)
-    gateway = bridge[0]["IPAM"]["Config"][0]["Gateway"]
-    s3_url = stack.s3_endpoint.rstrip("/")
-    host_port = s3_url.rsplit("//", 1)[1].split("/")[0]
-    target = (host_port.rsplit(":", 1)[0], int(host_port.rsplit(":", 1)[1]))
-    forward = Forward((gateway, 0), target)
-    endpoint = f"http://{gateway}:{forward.port}"
+    forward = forward_to_bridge(stack.s3_endpoint, env)
+    endpoint = forward.endpoint
 
     cfg = config.build({"experiment": name, "repository": "https://github.com/acme/p.git",
                         "frameworks": ["sklearn"], "site": "CHI@UC",
@@ -257,10 +121,7 @@ def test_lab_stack_comes_up_logs_to_swift_and_guards_jupyter(
     v1_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     dc = ["docker-compose", "--project-directory", paths.lab, "-p", project, "-f", str(v1_file)]
 
-    t = time.monotonic()
-    build(compose.mlflow_image(), env)
-    build(compose.image_for(cfg), env)
-    TIMINGS["builds"] = time.monotonic() - t
+    build_lab_images(cfg, env)
     try:
         t = time.monotonic()
         run([*dc, "up", "-d", "--no-build"], env, timeout=600)
@@ -324,7 +185,5 @@ def test_lab_stack_comes_up_logs_to_swift_and_guards_jupyter(
         for bucket in (cfg.buckets.artifacts, cfg.buckets.data):
             storage.delete_bucket(s3, bucket, force=True)
         TIMINGS["total (test)"] = time.monotonic() - started
-        with capsys.disabled():
-            print("\nlab docker timings: " + ", ".join(f"{k} {v:.0f}s"
-                                                     for k, v in TIMINGS.items()))
+        print_timings("lab docker timings", capsys)
     assert down.returncode == 0, down.stdout + down.stderr

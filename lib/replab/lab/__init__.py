@@ -48,15 +48,9 @@ def status(cfg) -> dict[str, Any]:
         from . import local
 
         return local.status(cfg)
-    from .. import remote
-    from . import compose, server
+    from . import server
 
-    host = server_host(cfg)
-    paths = compose.HostPaths.for_config(cfg, home=f"/home/{host.user}")
-    out = remote.run(remote.connect(host), server.compose_argv(paths, "ps", "--all",
-                                                               "--format", "json"))
-    return {"site": cfg.site, "host": host.address,
-            "services": server.services_health(out.stdout)}
+    return server.status_remote(cfg, server_host(cfg))
 
 
 def stop(cfg) -> list[str]:
@@ -64,13 +58,9 @@ def stop(cfg) -> list[str]:
         from . import local
 
         return local.stop(cfg)
-    from .. import remote
-    from . import compose, server
+    from . import server
 
-    host = server_host(cfg)
-    paths = compose.HostPaths.for_config(cfg, home=f"/home/{host.user}")
-    remote.run(remote.connect(host), server.compose_argv(paths, "down"))
-    return [f"docker compose down on {host.address}"]
+    return server.stop_remote(cfg, server_host(cfg))
 
 
 def markdown(info: dict[str, Any]) -> str:

@@ -338,6 +338,8 @@ def _mlflow_service(cfg, paths: HostPaths, tag: str, source: str) -> dict[str, A
             "AWS_SECRET_ACCESS_KEY": "${AWS_SECRET_ACCESS_KEY:?set in .env}",
             "AWS_DEFAULT_REGION": "${AWS_DEFAULT_REGION:-us-east-1}",
             "MLFLOW_DISABLE_TELEMETRY": "true",
+            # MLflow's job runner (GenAI evaluation jobs, 7 huey workers) is unused here
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         },
     }
     if postgres:

@@ -4,38 +4,87 @@ The server was set up by 2_provision (Docker with the compose plugin, the GPU ru
 data bucket's rclone mount). This uploads replab's ``docker/`` build context, the rendered
 ``compose.yaml`` and its ``.env`` (0600), restores the latest MLflow backup when the server's
 database is new (sqlite), starts the stack and waits until every service is healthy.
+
+Compose: Chameleon's servers get Compose v2 (``docker compose``, the docker-compose-plugin),
+which reads ``compose.yaml`` exactly as rendered. Where only Compose v1 (``docker-compose``,
+Debian's 1.29) is there, the uploaded file leaves out the top-level ``name:`` (v1's schema
+rejects it) and the project name travels as ``-p`` instead; v1 has no ``ps --format json``,
+so health comes from ``docker inspect`` of the containers ``docker-compose ps -q`` lists.
+:func:`detect_compose` picks one on the server, v2 first.
+
+Every ``docker`` / ``docker compose`` command runs with ``docker_env`` added to its
+environment when given (``DOCKER_HOST`` for another engine, ``PATH`` to pick a client); on a
+Chameleon server nothing is set and the default socket is used.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .. import hostsetup, remote
-from ..errors import ResourceTimeout
+from ..errors import CloudError, ConfigError, ResourceTimeout
 from . import compose
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[3]  # the artifact (…/lib/replab/lab -> …)
 SOURCE_PARTS = ("docker", "lib", "pyproject.toml", "README.md", "LICENSE")
-JUPYTER_PORT, MLFLOW_PORT = 8888, 5000
+JUPYTER_PORT, MLFLOW_PORT = compose.JUPYTER_PORT, compose.MLFLOW_PORT
+COMPOSE_V2, COMPOSE_V1 = "v2", "v1"
+_INNER_PORTS = {"mlflow": MLFLOW_PORT, "jupyter": JUPYTER_PORT}
+_SERVICE_LABEL = "com.docker.compose.service"
 
 
-def compose_argv(paths: compose.HostPaths, *args: str) -> list[str]:
+# -- pure helpers --------------------------------------------------------------------------------
+def compose_argv(paths: compose.HostPaths, *args: str, flavor: str = COMPOSE_V2,
+                 project: str | None = None) -> list[str]:
+    """The compose command for the lab in ``paths.lab``: ``docker compose ...`` (v2, the
+    project name comes from compose.yaml) or ``docker-compose -p PROJECT ...`` (v1).
+    Raises ValueError for v1 without ``project`` or an unknown flavor."""
     lab = paths.lab
-    return ["docker", "compose", "--project-directory", lab, "-f", f"{lab}/compose.yaml",
-            *args]
+    where = ["--project-directory", lab, "-f", f"{lab}/{compose.COMPOSE_FILE}"]
+    if flavor == COMPOSE_V2:
+        return ["docker", "compose", *where, *args]
+    if flavor == COMPOSE_V1:
+        if not project:
+            raise ValueError("docker-compose v1 needs the project name (-p)")
+        return ["docker-compose", "-p", project, *where, *args]
+    raise ValueError(f"unknown compose flavor {flavor!r}")
 
 
-def services_health(ps_output: str) -> dict[str, str]:
+def server_spec(spec: Mapping[str, Any], *, flavor: str = COMPOSE_V2,
+                ports: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The compose spec as uploaded: for v1 without the top-level ``name`` (v1.29 rejects
+    it; :func:`compose_argv` passes it as ``-p``); with ``ports`` ({"mlflow": port,
+    "jupyter": port}) published on those 127.0.0.1 ports instead of 5000 / 8888. The input
+    is not modified. Raises ConfigError for a port of another service."""
+    out = copy.deepcopy(dict(spec))
+    if flavor == COMPOSE_V1:
+        out.pop("name", None)
+    for service, port in (ports or {}).items():
+        if service not in _INNER_PORTS or service not in out["services"]:
+            raise ConfigError([("ports", f"{service!r}: only mlflow and jupyter publish a "
+                                         "port")])
+        out["services"][service]["ports"] = [
+            f"{compose.BIND_ADDRESS}:{int(port)}:{_INNER_PORTS[service]}"]
+    return out
+
+
+def services_health(output: str) -> dict[str, str]:
     """{service: "healthy" | "running" | state} from ``docker compose ps --format json``
-    (one JSON object per line, or one array, depending on the compose version)."""
-    text = ps_output.strip()
+    (one JSON object per line, or one array, depending on the v2 release) or from
+    ``docker inspect`` of the project's containers (a JSON array; v1)."""
+    text = output.strip()
     if not text:
         return {}
     items = json.loads(text) if text.startswith("[") else [
@@ -43,64 +92,163 @@ def services_health(ps_output: str) -> dict[str, str]:
     out = {}
     for item in items:
         state = item.get("State", "")
+        if isinstance(state, dict):  # docker inspect
+            labels = (item.get("Config") or {}).get("Labels") or {}
+            name = labels.get(_SERVICE_LABEL) or item.get("Name", "?").lstrip("/")
+            health = (state.get("Health") or {}).get("Status", "")
+            out[name] = health or state.get("Status", "")
+            continue
         health = item.get("Health", "")
         out[item.get("Service") or item.get("Name", "?")] = health or state
     return out
 
 
-def tunnel_command(host: remote.Host) -> str:
-    ports = f"-L {JUPYTER_PORT}:127.0.0.1:{JUPYTER_PORT} -L {MLFLOW_PORT}:127.0.0.1:{MLFLOW_PORT}"
+def all_healthy(health: Mapping[str, str]) -> bool:
+    """Every service healthy (PostgreSQL: running suffices), and at least one."""
+    return bool(health) and all(v == "healthy" or (v == "running" and k == "postgres")
+                                for k, v in health.items())
+
+
+def tunnel_command(host: remote.Host, ports: Mapping[str, int] | None = None) -> str:
+    ports = {**_INNER_PORTS, **(ports or {})}
+    forwards = " ".join(f"-L {ports[s]}:127.0.0.1:{ports[s]}" for s in ("jupyter", "mlflow"))
     key = f" -i {host.key_filename}" if host.key_filename else ""
     port = f" -p {host.port}" if host.port != 22 else ""
-    return f"ssh -N{key}{port} {ports} {host.target}"
+    return f"ssh -N{key}{port} {forwards} {host.target}"
 
 
-def lab_info(cfg, host: remote.Host, paths: compose.HostPaths,
-             health: dict[str, str]) -> dict[str, Any]:
+def lab_info(cfg, host: remote.Host, paths: compose.HostPaths, health: dict[str, str],
+             ports: Mapping[str, int] | None = None) -> dict[str, Any]:
     """What ``<workdir>/lab.json`` records for a server lab (never the token itself)."""
+    ports = {**_INNER_PORTS, **(ports or {})}
     return {
         "site": cfg.site, "host": host.address, "user": host.user,
-        "mlflow_url": f"http://127.0.0.1:{MLFLOW_PORT}",
-        "jupyter_url": f"http://127.0.0.1:{JUPYTER_PORT}/lab",
+        "mlflow_url": f"http://127.0.0.1:{ports['mlflow']}",
+        "jupyter_url": f"http://127.0.0.1:{ports['jupyter']}/lab",
         "jupyter_token": "JUPYTER_TOKEN in <workdir>/secrets/lab.env",
-        "tunnel": tunnel_command(host),
+        "tunnel": tunnel_command(host, ports),
         "how": "run the tunnel command on your machine, then open the URLs",
-        "compose": f"{paths.lab}/compose.yaml", "services": health,
+        "compose": f"{paths.lab}/{compose.COMPOSE_FILE}", "services": health,
     }
 
 
-def _restore_database(cfg, conn, paths: compose.HostPaths, say) -> str | None:
+# -- the lab on one server -----------------------------------------------------------------------
+def detect_compose(conn, env: Mapping[str, str] | None = None) -> str:
+    """:data:`COMPOSE_V2` when ``docker compose version`` works on the server, else
+    :data:`COMPOSE_V1` when ``docker-compose version`` does. Raises CloudError when neither
+    (host setup installs the compose plugin)."""
+    if remote.run(conn, ["docker", "compose", "version"], check=False, env=env).ok:
+        return COMPOSE_V2
+    if remote.run(conn, ["docker-compose", "version"], check=False, env=env).ok:
+        return COMPOSE_V1
+    raise CloudError(f"neither `docker compose` nor `docker-compose` works on {conn.host}: "
+                     "run 2_provision's host setup (it installs docker-compose-plugin)",
+                     "ssh docker compose version")
+
+
+def host_paths(cfg, conn, *, home: str | None = None) -> compose.HostPaths:
+    """The lab's directories on the server, ``<home>/<experiment>/...``; ``home`` defaults to
+    the login user's home directory (``/home/cc`` on Chameleon), as host setup has it."""
+    return compose.HostPaths.for_config(cfg, hostsetup._home(conn, conn.user, home))
+
+
+@dataclass(frozen=True)
+class ServerLab:
+    """The lab's compose project on a server: the connection, its directories, which compose
+    runs it and the environment its docker commands get."""
+
+    conn: Any
+    paths: compose.HostPaths
+    project: str
+    flavor: str = COMPOSE_V2
+    env: Mapping[str, str] | None = None
+
+    @classmethod
+    def open(cls, cfg, host: remote.Host, *, conn=None, paths: compose.HostPaths | None = None,
+             home: str | None = None, docker_env: Mapping[str, str] | None = None
+             ) -> ServerLab:
+        """Connect (unless ``conn``), resolve the paths and detect the compose version.
+        Raises CloudError when the server is unreachable or has no compose."""
+        conn = conn or remote.connect(host)
+        paths = paths or host_paths(cfg, conn, home=home)
+        env = dict(docker_env) if docker_env else None
+        return cls(conn, paths, cfg.names["lab"], detect_compose(conn, env), env)
+
+    def argv(self, *args: str) -> list[str]:
+        return compose_argv(self.paths, *args, flavor=self.flavor, project=self.project)
+
+    def compose(self, *args: str, check: bool = True,
+                timeout: float | None = None) -> remote.Result:
+        return remote.run(self.conn, self.argv(*args), check=check, env=self.env,
+                          timeout=timeout)
+
+    def health(self) -> dict[str, str]:
+        """{service: health or state} of the project's containers; {} when none exist."""
+        if self.flavor == COMPOSE_V2:
+            return services_health(self.compose("ps", "--all", "--format", "json").stdout)
+        ids = self.compose("ps", "-q").stdout.split()
+        if not ids:
+            return {}
+        # a container can go between the two calls: inspect prints the others
+        out = remote.run(self.conn, ["docker", "inspect", *ids], check=False, env=self.env)
+        return services_health(out.stdout)
+
+
+def _restore_database(cfg, lab: ServerLab, say) -> str | None:
     """Put the latest backup in place when the server has no sqlite database yet."""
     from . import backup
 
     if cfg.lab.mlflow_backend != "sqlite":
         return None  # PostgreSQL: restored with replab lab restore once the stack runs
+    conn, paths = lab.conn, lab.paths
     db_path = f"{paths.mlflow_dir}/mlflow.db"
     if remote.run(conn, ["test", "-s", db_path], check=False).ok:
         return None
-    latest = backup.latest_backup(cfg)
+    latest = backup.latest_backup(cfg, with_content=True)
     if latest is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         local = backup.Database.sqlite(Path(tmp) / "mlflow.db")
         backup.restore(cfg, latest, database=local)
         remote.put_text(conn, local.path.read_bytes(), db_path, mode=0o644)
-    say(f"restored MLflow history from backup {latest.key}")
+    # MLflow (uid 1000 in its container) writes the database: it belongs to whoever owns
+    # its directory, as the database MLflow creates itself would
+    chown = remote.run(conn, ["chown", f"--reference={paths.mlflow_dir}", db_path],
+                       check=False)
+    if not chown.ok:
+        log.warning("could not hand %s to the owner of %s: %s", db_path, paths.mlflow_dir,
+                    chown.stderr.strip())
+    say(f"restored MLflow history from backup {latest.key} ({latest.runs} runs)")
     return latest.key
 
 
-def launch_remote(cfg, host: remote.Host, *, conn=None, progress: Callable[[str], None]
-                  | None = None, timeout: float = 1800, interval: float = 5,
-                  clock: Callable[[], float] = time.monotonic,
+def launch_remote(cfg, host: remote.Host, *, conn=None,
+                  paths: compose.HostPaths | None = None, home: str | None = None,
+                  docker_env: Mapping[str, str] | None = None, build: bool = True,
+                  ports: Mapping[str, int] | None = None,
+                  source: str | os.PathLike | None = None,
+                  progress: Callable[[str], None] | None = None, timeout: float = 1800,
+                  interval: float = 5, clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
-    """Start (or update) the lab on the server and wait until it is healthy.
+    """Start (or update) the lab on the server and wait until it is healthy; writes and
+    returns ``<workdir>/lab.json``'s content. Idempotent: the source is uploaded only when
+    it changed, and compose leaves unchanged services running.
 
-    Raises CloudError when a step fails on the server (with its output), ResourceTimeout
-    when the services are not healthy within ``timeout`` (with the services' last logs).
+    ``paths`` (default: below ``home``, itself the login user's home) says where the lab
+    lives on the server; ``docker_env`` is added to every docker command's environment
+    (``DOCKER_HOST``, ``PATH``); ``build`` False starts the images already on the server
+    (tagged as compose.yaml names them) without building; ``ports`` publishes MLflow /
+    Jupyter on other 127.0.0.1 ports ({"mlflow": 5001, "jupyter": 8889}), e.g. when 5000 /
+    8888 are taken on the server; ``source`` is the replab checkout whose
+    :data:`SOURCE_PARTS` (the images' build context) are uploaded, default this one.
+
+    Raises CloudError when a step fails on the server (with its output), ConfigError for a
+    missing secret, ResourceTimeout when the services are not healthy within ``timeout``
+    (with the services' last logs).
     """
     say = progress or (lambda _m: None)
-    conn = conn or remote.connect(host)
-    paths = compose.HostPaths.for_config(cfg, home=f"/home/{host.user}")
+    lab = ServerLab.open(cfg, host, conn=conn, paths=paths, home=home, docker_env=docker_env)
+    conn, paths = lab.conn, lab.paths
     remote.run(conn, ["mkdir", "-p", *paths.directories(), paths.source])
     gids = {}
     for group, key in (("video", "REPLAB_VIDEO_GID"), ("render", "REPLAB_RENDER_GID")):
@@ -110,32 +258,59 @@ def launch_remote(cfg, host: remote.Host, *, conn=None, progress: Callable[[str]
     with tempfile.TemporaryDirectory() as tmp:
         compose_path, env_path = compose.write_compose(cfg, tmp, host_env=gids,
                                                        host_paths=paths)
-        say(f"uploading the lab to {host.target}:{paths.root}")
-        step = hostsetup.upload_lab(conn, cfg, paths=paths)  # only when the source changed
-        remote.put_text(conn, compose_path.read_text(), f"{paths.lab}/compose.yaml", 0o644)
-        remote.put_text(conn, env_path.read_text(), f"{paths.lab}/.env", 0o600)
-    say(f"lab source: {step.detail}; restoring MLflow history if the database is new")
-    _restore_database(cfg, conn, paths, say)
-    say("docker compose up -d --build (the first build takes several minutes)")
-    remote.run(conn, compose_argv(paths, "up", "-d", "--build"), timeout=timeout)
+        text = compose_path.read_text()
+        if lab.flavor != COMPOSE_V2 or ports:
+            text = compose.render_compose(server_spec(yaml.safe_load(text),
+                                                      flavor=lab.flavor, ports=ports))
+        say(f"lab source on {host.target}: checking {paths.source}")
+        step = hostsetup.upload_lab(conn, cfg, paths=paths, source=source)  # if changed
+        remote.put_text(conn, text, f"{paths.lab}/{compose.COMPOSE_FILE}", 0o644)
+        remote.put_text(conn, env_path.read_text(), f"{paths.lab}/{compose.ENV_FILE}", 0o600)
+    say(f"lab source: {step.detail}")
+    _restore_database(cfg, lab, say)
+    up = ["up", "-d", "--remove-orphans", "--build" if build else "--no-build"]
+    name = "docker compose" if lab.flavor == COMPOSE_V2 else "docker-compose (v1)"
+    say(f"{name} {' '.join(up)}" + (" (the first build takes several minutes)" if build
+                                    else ""))
+    lab.compose(*up, timeout=timeout)
     start = clock()
     while True:
-        health = services_health(remote.run(conn, compose_argv(
-            paths, "ps", "--all", "--format", "json")).stdout)
-        if health and all(v == "healthy" or (v == "running" and k == "postgres")
-                          for k, v in health.items()):
+        health = lab.health()
+        if all_healthy(health):
             break
         waited = clock() - start
         if waited >= timeout:
-            logs = remote.run(conn, compose_argv(paths, "logs", "--tail", "30"),
-                              check=False).stdout
+            logs = lab.compose("logs", "--tail", "30", check=False).stdout
             raise ResourceTimeout(f"the lab on {host.address} is not healthy after "
                                   f"{waited:.0f}s: {health}\n{logs[-3000:]}")
         say(f"waiting for the lab: {', '.join(f'{k} {v}' for k, v in health.items())}")
         sleep(interval)
-    info = lab_info(cfg, host, paths, health)
+    info = lab_info(cfg, host, paths, health, ports)
     write_lab_json(cfg, info)
+    say(f"the lab is up on {host.address}: {', '.join(sorted(health))} healthy")
     return info
+
+
+def status_remote(cfg, host: remote.Host, *, conn=None,
+                  paths: compose.HostPaths | None = None, home: str | None = None,
+                  docker_env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The lab's services on the server and their health. Raises CloudError."""
+    lab = ServerLab.open(cfg, host, conn=conn, paths=paths, home=home, docker_env=docker_env)
+    return {"site": cfg.site, "host": host.address, "services": lab.health()}
+
+
+def stop_remote(cfg, host: remote.Host, *, conn=None,
+                paths: compose.HostPaths | None = None, home: str | None = None,
+                docker_env: Mapping[str, str] | None = None) -> list[str]:
+    """Stop and remove the lab's containers and network on the server (``down``). The
+    database, the named PostgreSQL volume, the images and the uploaded files stay, so the
+    next launch continues. Raises CloudError when compose fails."""
+    lab = ServerLab.open(cfg, host, conn=conn, paths=paths, home=home, docker_env=docker_env)
+    if remote.read_text(lab.conn, f"{lab.paths.lab}/{compose.COMPOSE_FILE}") is None:
+        return []  # never launched there
+    lab.compose("down", "--remove-orphans", timeout=600)
+    name = "docker compose" if lab.flavor == COMPOSE_V2 else "docker-compose"
+    return [f"{name} down on {host.address} (project {lab.project})"]
 
 
 def write_lab_json(cfg, info: dict[str, Any]) -> Path:
