@@ -29,7 +29,7 @@ import pytest
 
 from replab import cloud as rc
 from replab import config, credentials, lab, provisioning, remote, replay, sites
-from replab.lab import backup, compose
+from replab.lab import backup, server
 
 pytestmark = [pytest.mark.chameleon, pytest.mark.slow, pytest.mark.timeout(4 * 3600)]
 
@@ -140,7 +140,7 @@ def test_the_whole_series_on_the_smallest_free_machine(tmp_path):
         # what the hourly timer runs, run now
         conn = remote.connect(host)
         try:
-            paths = compose.HostPaths.for_config(cfg, home=f"/home/{host.user}")
+            paths = server.host_paths(cfg, conn)
             made_backup = backup.backup_on_server(cfg, conn, paths, reason="live")
             assert made_backup.runs >= 2  # the run and its replay
             assert remote.run(conn, ["systemctl", "is-enabled", f"{backup.UNIT}.timer"]).ok

@@ -117,7 +117,8 @@ def test_every_published_port_is_bound_to_loopback():
         assert published, "the lab publishes Jupyter and MLflow"
         assert all(p.startswith("127.0.0.1:") for p in published), published
     pg = compose.build_compose(cfg_of(lab={"mlflow_backend": "postgresql"}))
-    assert "ports" not in pg["services"]["postgres"]
+    # PostgreSQL is published for the server's own backup timer, on loopback only
+    assert pg["services"]["postgres"]["ports"] == ["127.0.0.1:5432:5432"]
 
 
 def test_no_secret_reaches_compose_yaml(tmp_path):

@@ -263,7 +263,8 @@ def _user(conn, user: str | None) -> str:
     return user or conn.user
 
 
-def _home(conn, user: str, home: str | os.PathLike | None) -> str:
+def home_directory(conn, user: str, home: str | os.PathLike | None = None) -> str:
+    """``home`` when given, else ``user``'s home directory on the server (getent)."""
     if home is not None:
         return str(home)
     r = remote.run(conn, ["getent", "passwd", user], check=False)
@@ -502,7 +503,7 @@ def rclone_fuse(conn, cfg, store, *, root: str | os.PathLike = "/",
         raise ConfigError(f"no {store.path(store.RCLONE)}: run 1_create_credentials first")
     remote_name = _data_remote(cfg, conf)
     user = _user(conn, user)
-    home = _home(conn, user, home)
+    home = home_directory(conn, user, home)
     sudo = _live(root) and not _is_root(conn)
     notes: list[str] = []
     missing = [pkg for pkg, cmd in (("rclone", "rclone"), ("fuse3", "fusermount3"))
@@ -569,7 +570,7 @@ def clone_repository(conn, cfg, *, dest: str | None = None, home: str | None = N
     if dest is None:
         from .lab.compose import HostPaths
 
-        dest = HostPaths.for_config(cfg, _home(conn, conn.user, home)).repo
+        dest = HostPaths.for_config(cfg, home_directory(conn, conn.user, home)).repo
     shown = strip_url_credentials(url)
     if is_ssh_url(url) and not forward_agent:
         raise ConfigError([("repository", f"{shown} is an ssh URL: forward your SSH agent "
@@ -609,7 +610,7 @@ def upload_lab(conn, cfg, *, paths=None, home: str | None = None,
     from .lab import server
     from .lab.compose import HostPaths
 
-    paths = paths or HostPaths.for_config(cfg, _home(conn, conn.user, home))
+    paths = paths or HostPaths.for_config(cfg, home_directory(conn, conn.user, home))
     files = source_files(source or server.ROOT, parts or server.SOURCE_PARTS)
     digest = source_hash(files)
     hash_path = f"{paths.source}/{SOURCE_HASH_FILE}"
@@ -651,7 +652,7 @@ def replab_cli(conn, cfg, *, paths=None, home: str | None = None, python: str = 
     from .lab import server
     from .lab.compose import HostPaths
 
-    paths = paths or HostPaths.for_config(cfg, _home(conn, conn.user, home))
+    paths = paths or HostPaths.for_config(cfg, home_directory(conn, conn.user, home))
     digest = (remote.read_text(conn, f"{paths.source}/{SOURCE_HASH_FILE}") or "").strip()
     if not digest:
         raise CloudError(f"no replab source at {paths.source} on {conn.host}: the "
@@ -705,7 +706,7 @@ def server_workdir(conn, cfg, store, *, paths=None, home: str | None = None) -> 
     from . import config as config_mod
     from .lab.compose import HostPaths
 
-    paths = paths or HostPaths.for_config(cfg, _home(conn, conn.user, home))
+    paths = paths or HostPaths.for_config(cfg, home_directory(conn, conn.user, home))
     ec2 = store.credentials().get("ec2")
     if not ec2:
         raise ConfigError(f"no EC2 credential in {store.path(store.CREDENTIALS)}: run "
@@ -738,7 +739,7 @@ def backup_timer(conn, cfg, *, root: str | os.PathLike = "/", home: str | None =
     from .lab.compose import HostPaths
 
     user = _user(conn, user)
-    paths = HostPaths.for_config(cfg, _home(conn, user, home))
+    paths = HostPaths.for_config(cfg, home_directory(conn, user, home))
     if database_uri is None:
         database_uri = backup.server_database_uri(cfg, paths)
     units = backup.systemd_units(workdir or paths.workdir, replab=replab or paths.replab,
@@ -767,7 +768,7 @@ def setup_host(conn, cfg, store, *, root: str | os.PathLike = "/",
     raise (the steps before it have taken effect; running again resumes)."""
     say = progress or (lambda _m: None)
     user = _user(conn, user)
-    home = _home(conn, user, home)
+    home = home_directory(conn, user, home)
     skipped = set(skip)
     plan: list[tuple[str, Callable[[], Step]]] = [
         (DOCKER, lambda: docker(conn, root=root, user=user))]
@@ -803,7 +804,7 @@ def setup_host(conn, cfg, store, *, root: str | os.PathLike = "/",
 __all__ = [
     "BACKUP_TIMER", "DOCKER", "LAB_SOURCE", "NVIDIA", "RCLONE", "REPLAB_CLI", "REPOSITORY", "ROCM",
     "SERVER_PACKAGES", "WORKDIR", "backup_timer", "clone_repository", "daemon_json", "docker",
-    "docker_script", "is_ssh_url", "lab_mlflow_version", "merge_daemon_json", "nvidia_toolkit",
-    "nvidia_toolkit_script", "rclone_fuse", "replab_cli", "rocm", "server_workdir", "setup_host",
-    "source_files", "source_hash", "upload_lab",
+    "docker_script", "home_directory", "is_ssh_url", "lab_mlflow_version", "merge_daemon_json",
+    "nvidia_toolkit", "nvidia_toolkit_script", "rclone_fuse", "replab_cli", "rocm",
+    "server_workdir", "setup_host", "source_files", "source_hash", "upload_lab",
 ]

@@ -261,15 +261,14 @@ def _backup_lab(cfg, say: Say):
     """The teardown's last MLflow backup: here (site ``local``), or on the GPU server over
     SSH with the replab host setup installed there."""
     from . import lab, remote
-    from .lab import backup, compose
+    from .lab import backup, server
 
     if cfg.is_local:
         return backup.backup(cfg, reason="teardown", progress=say)
-    host = lab.server_host(cfg)
-    conn = remote.connect(host)
+    conn = remote.connect(lab.server_host(cfg))
     try:
-        paths = compose.HostPaths.for_config(cfg, home=f"/home/{host.user}")
-        return backup.backup_on_server(cfg, conn, paths, reason="teardown", progress=say)
+        return backup.backup_on_server(cfg, conn, server.host_paths(cfg, conn),
+                                       reason="teardown", progress=say)
     finally:
         conn.close()
 

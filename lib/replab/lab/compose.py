@@ -85,6 +85,7 @@ BIND_ADDRESS = "127.0.0.1"
 JUPYTER_PORT = 8888
 MLFLOW_PORT = 5000
 POSTGRES_IMAGE = "postgres:16.9-bookworm"
+POSTGRES_PORT = 5432
 MLFLOW_BASE = "python:3.11.13-slim-bookworm"
 JUPYTER_DOCKERFILE = "docker/jupyter/Dockerfile"
 MLFLOW_DOCKERFILE = "docker/mlflow/Dockerfile"
@@ -366,6 +367,9 @@ def _postgres_service() -> dict[str, Any]:
         },
         "volumes": [{"type": "volume", "source": "postgres",
                      "target": "/var/lib/postgresql/data"}],
+        # the server's backup timer and restore (pg_dump / pg_restore on the host) reach it
+        # here; loopback only, like every published port
+        "ports": [f"{BIND_ADDRESS}:{POSTGRES_PORT}:{POSTGRES_PORT}"],
         "healthcheck": {"test": ["CMD", "pg_isready", "-U", "mlflow", "-d", "mlflow"],
                         "interval": "5s", "timeout": "5s", "retries": 20,
                         "start_period": "10s"},

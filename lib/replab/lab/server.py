@@ -3,7 +3,8 @@
 The server was set up by 2_provision (Docker with the compose plugin, the GPU runtime, the
 data bucket's rclone mount). This uploads replab's ``docker/`` build context, the rendered
 ``compose.yaml`` and its ``.env`` (0600), restores the latest MLflow backup when the server's
-database is new (sqlite), starts the stack and waits until every service is healthy.
+database is new (sqlite: the file is put in place; PostgreSQL: the server's replab restores
+into the started database), starts the stack and waits until every service is healthy.
 
 Compose: Chameleon's servers get Compose v2 (``docker compose``, the docker-compose-plugin),
 which reads ``compose.yaml`` exactly as rendered. Where only Compose v1 (``docker-compose``,
@@ -149,7 +150,7 @@ def detect_compose(conn, env: Mapping[str, str] | None = None) -> str:
 def host_paths(cfg, conn, *, home: str | None = None) -> compose.HostPaths:
     """The lab's directories on the server, ``<home>/<experiment>/...``; ``home`` defaults to
     the login user's home directory (``/home/cc`` on Chameleon), as host setup has it."""
-    return compose.HostPaths.for_config(cfg, hostsetup._home(conn, conn.user, home))
+    return compose.HostPaths.for_config(cfg, hostsetup.home_directory(conn, conn.user, home))
 
 
 @dataclass(frozen=True)
@@ -194,12 +195,38 @@ class ServerLab:
         return services_health(out.stdout)
 
 
+def _restore_postgres(cfg, lab: ServerLab, say, *, timeout: float, interval: float,
+                      clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+    """PostgreSQL: start it alone, then let the server's replab (host setup installed it,
+    with pg_restore) restore the newest backup with runs when the database is new, before
+    MLflow starts on it."""
+    from . import backup
+
+    conn, paths = lab.conn, lab.paths
+    if not remote.run(conn, [paths.replab, "--version"], check=False).ok:
+        say(f"PostgreSQL history not checked: no replab at {paths.replab} (run 2_provision's "
+            "host setup, then launch again)")
+        return
+    lab.compose("up", "-d", "postgres", timeout=timeout)
+    start = clock()
+    while lab.health().get("postgres") not in ("healthy", "running"):
+        if clock() - start >= timeout:
+            raise ResourceTimeout(f"PostgreSQL on {conn.host} did not start within "
+                                  f"{timeout:.0f}s: {lab.health()}")
+        sleep(interval)
+    out = remote.run(conn, [paths.replab, "lab", "restore", "--if-new", "--workdir",
+                            paths.workdir, "--env-file", f"{paths.lab}/{compose.ENV_FILE}"],
+                     env={backup.DB_ENV: backup.server_database_uri(cfg, paths)},
+                     timeout=timeout)
+    say(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "PostgreSQL checked")
+
+
 def _restore_database(cfg, lab: ServerLab, say) -> str | None:
     """Put the latest backup in place when the server has no sqlite database yet."""
     from . import backup
 
     if cfg.lab.mlflow_backend != "sqlite":
-        return None  # PostgreSQL: restored with replab lab restore once the stack runs
+        return None  # PostgreSQL: _restore_postgres, once its container runs
     conn, paths = lab.conn, lab.paths
     db_path = f"{paths.mlflow_dir}/mlflow.db"
     if remote.run(conn, ["test", "-s", db_path], check=False).ok:
@@ -268,6 +295,9 @@ def launch_remote(cfg, host: remote.Host, *, conn=None,
         remote.put_text(conn, env_path.read_text(), f"{paths.lab}/{compose.ENV_FILE}", 0o600)
     say(f"lab source: {step.detail}")
     _restore_database(cfg, lab, say)
+    if cfg.lab.mlflow_backend == "postgresql":
+        _restore_postgres(cfg, lab, say, timeout=timeout, interval=interval, clock=clock,
+                          sleep=sleep)
     up = ["up", "-d", "--remove-orphans", "--build" if build else "--no-build"]
     name = "docker compose" if lab.flavor == COMPOSE_V2 else "docker-compose (v1)"
     say(f"{name} {' '.join(up)}" + (" (the first build takes several minutes)" if build
