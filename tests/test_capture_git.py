@@ -233,6 +233,34 @@ def test_manifest_rebuilds_the_working_tree(tmp_path):
         assert (clone / name).read_bytes() == (repo / name).read_bytes(), name
 
 
+def test_secrets_added_by_uncommitted_changes_are_masked_and_the_diff_still_applies(
+        tmp_path, caplog):
+    committed = "URL = 'https://example.org/data'\nTOKEN = 'ghp_" + "C" * 36 + "'\n"
+    repo = make_repo(tmp_path / "r", {"train.py": committed})
+    hf = "hf_" + "A" * 30
+    aws = "AKIA" + "B" * 16
+    (repo / "train.py").write_text(
+        "URL = 'https://alice:s3cretpass@example.org/data'\n"  # credentials in a URL
+        "TOKEN = 'ghp_" + "C" * 36 + "'\n"  # committed already: a context line, kept
+        f"HF = '{hf}'\nKEY = '{aws}'\nlr = 0.1\n")
+    info = capture_git(repo)
+    text = manifest_json(collect(["git"], repo=str(repo)))
+    for secret in (hf, aws, "s3cretpass"):
+        assert secret not in info["diff"] and secret not in text
+    assert info["diff_secrets_masked"] == 3
+    assert info["diff_sha256"] == hashlib.sha256(info["diff"].encode()).hexdigest()
+    assert "+lr = 0.1" in info["diff"] and "masked in the run record" in caplog.text
+    # the masked diff applies to the commit: a replay gets the change, masked values in it
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    patch = tmp_path / "p.patch"
+    patch.write_text(info["diff"])
+    git(clone, "apply", str(patch))
+    replayed = (clone / "train.py").read_text()
+    assert "lr = 0.1" in replayed and "URL = 'https://example.org/data'" in replayed
+    assert hf not in replayed and "ghp_" + "C" * 36 in replayed  # the committed line as is
+
+
 def test_few_git_calls(tmp_path, monkeypatch):
     """A wrapper `git` first on PATH counts the calls: 3 on a clean tree, 4 when dirty."""
     real_git = subprocess.run(["which", "git"], capture_output=True, text=True).stdout.strip()

@@ -183,6 +183,23 @@ def redact_credentials(text: str) -> str:
     return out
 
 
+def redact_added_lines(diff: str) -> tuple[str, int]:
+    """A unified diff with known token shapes and URL credentials masked in its added lines
+    (``+``), and how many lines changed. Context and removed lines stay as they are, so the
+    diff still applies to its base commit (which holds them already)."""
+    if not isinstance(diff, str) or not diff:
+        return diff, 0
+    lines = diff.split("\n")
+    changed = 0
+    for i, line in enumerate(lines):
+        if line.startswith("+") and not line.startswith("+++ "):
+            masked = "+" + redact_credentials(line[1:])
+            if masked != line:
+                lines[i] = masked
+                changed += 1
+    return "\n".join(lines), changed
+
+
 def redact_text(text: str) -> str:
     """``text`` with every secret inside it hidden (:func:`redact_credentials`, and the value
     of ``token=…``-style assignments); the rest stays readable."""

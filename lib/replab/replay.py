@@ -254,6 +254,10 @@ def rebuild_workspace(source: Source, dest: str | os.PathLike, *,
                     raw).hexdigest()):
                 raise ReplayError("the recorded diff does not match its hash: corrupt record")
             say(f"applying the uncommitted diff ({len(raw)} bytes)")
+            if git.get("diff_secrets_masked"):
+                say(f"note: {git['diff_secrets_masked']} added line(s) of that diff held what "
+                    "looked like a secret and were masked when the run was captured; the "
+                    "replay runs with the masked values (read secrets from the environment)")
             _git(["apply", "--binary", "--whitespace=nowarn", "-"], cwd=tmp, stdin=raw)
         restored = 0
         for f in git.get("untracked") or []:

@@ -18,7 +18,7 @@ from typing import Any
 
 from replab.capture import Context, Skip, capture
 from replab.capture._util import run, sha256_file
-from replab.redact import secret_file, strip_url_credentials
+from replab.redact import redact_added_lines, secret_file, strip_url_credentials
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,19 @@ def _diff(ctx: Context, root: str, commit: str | None) -> dict[str, Any]:
         log.info("git diff is %d bytes: kept out of the manifest", len(raw))
         return out
     try:
-        out["diff"] = raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:  # a text file in another encoding: keep the exact bytes
         out["diff"] = None
         out["diff_base64"] = base64.b64encode(raw).decode("ascii")
+        return out
+    masked, count = redact_added_lines(text)
+    if count:  # the record holds (and its hash covers) the diff as masked
+        log.warning("the uncommitted changes add %d line(s) holding what looks like a secret "
+                    "(a token, a key, a URL with a password): masked in the run record; "
+                    "read secrets from the environment instead", count)
+        out.update(diff_sha256=hashlib.sha256(masked.encode()).hexdigest(),
+                   diff_bytes=len(masked.encode()), diff_secrets_masked=count)
+    out["diff"] = masked
     return out
 
 
