@@ -30,6 +30,8 @@ def test_dry_runs_list_the_calls_and_make_none(tmp_path, site, monkeypatch):
     assert cfg.names["server"] in shown and cfg.machine in shown
     if site == "KVM@TACC":
         assert "security-group" in shown or "security_group" in shown
+    assert "Then over SSH" in shown and "`nvidia-toolkit`" in shown
+    assert "`replab`, `workdir`, `backup-timer`" in shown
     assert not (wd / "state.json").exists()
     td = tmp_path / "5.ipynb"
     execute("5_teardown.ipynb", td, workdir=str(wd), dry_run=True)

@@ -754,6 +754,13 @@ def backup_timer(conn, cfg, *, root: str | os.PathLike = "/", home: str | None =
     return Step(BACKUP_TIMER, True, "; ".join(notes))
 
 
+def step_names(cfg) -> list[str]:
+    """The steps :func:`setup_host` runs for ``cfg``, in order (the GPU runtime by
+    ``cfg.gpu_vendor``)."""
+    gpu = {"nvidia": [NVIDIA], "amd": [ROCM]}.get(cfg.gpu_vendor, [])
+    return [DOCKER, *gpu, RCLONE, REPOSITORY, LAB_SOURCE, REPLAB_CLI, WORKDIR, BACKUP_TIMER]
+
+
 def setup_host(conn, cfg, store, *, root: str | os.PathLike = "/",
                home: str | os.PathLike | None = None, user: str | None = None,
                progress: Progress | None = None, repository: str | None = None,
@@ -770,21 +777,19 @@ def setup_host(conn, cfg, store, *, root: str | os.PathLike = "/",
     user = _user(conn, user)
     home = home_directory(conn, user, home)
     skipped = set(skip)
-    plan: list[tuple[str, Callable[[], Step]]] = [
-        (DOCKER, lambda: docker(conn, root=root, user=user))]
-    if cfg.gpu_vendor == "nvidia":
-        plan.append((NVIDIA, lambda: nvidia_toolkit(conn, root=root)))
-    elif cfg.gpu_vendor == "amd":
-        plan.append((ROCM, lambda: rocm(conn, root=root, user=user)))
-    plan += [
-        (RCLONE, lambda: rclone_fuse(conn, cfg, store, root=root, home=home, user=user)),
-        (REPOSITORY, lambda: clone_repository(conn, cfg, home=home, url=repository,
-                                              forward_agent=forward_agent)),
-        (LAB_SOURCE, lambda: upload_lab(conn, cfg, home=home, source=source)),
-        (REPLAB_CLI, lambda: replab_cli(conn, cfg, home=home, root=root)),
-        (WORKDIR, lambda: server_workdir(conn, cfg, store, home=home)),
-        (BACKUP_TIMER, lambda: backup_timer(conn, cfg, root=root, home=home, user=user)),
-    ]
+    run: dict[str, Callable[[], Step]] = {
+        DOCKER: lambda: docker(conn, root=root, user=user),
+        NVIDIA: lambda: nvidia_toolkit(conn, root=root),
+        ROCM: lambda: rocm(conn, root=root, user=user),
+        RCLONE: lambda: rclone_fuse(conn, cfg, store, root=root, home=home, user=user),
+        REPOSITORY: lambda: clone_repository(conn, cfg, home=home, url=repository,
+                                             forward_agent=forward_agent),
+        LAB_SOURCE: lambda: upload_lab(conn, cfg, home=home, source=source),
+        REPLAB_CLI: lambda: replab_cli(conn, cfg, home=home, root=root),
+        WORKDIR: lambda: server_workdir(conn, cfg, store, home=home),
+        BACKUP_TIMER: lambda: backup_timer(conn, cfg, root=root, home=home, user=user),
+    }
+    plan = [(name, run[name]) for name in step_names(cfg)]
     steps = []
     for name, step in plan:
         if name in skipped:
@@ -806,5 +811,5 @@ __all__ = [
     "SERVER_PACKAGES", "WORKDIR", "backup_timer", "clone_repository", "daemon_json", "docker",
     "docker_script", "home_directory", "is_ssh_url", "lab_mlflow_version", "merge_daemon_json",
     "nvidia_toolkit", "nvidia_toolkit_script", "rclone_fuse", "replab_cli", "rocm",
-    "server_workdir", "setup_host", "source_files", "source_hash", "upload_lab",
+    "server_workdir", "setup_host", "source_files", "source_hash", "step_names", "upload_lab",
 ]

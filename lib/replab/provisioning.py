@@ -62,7 +62,7 @@ def local_prerequisites(cfg) -> list[Check]:
 
 def plan_markdown(cfg, state=None) -> str:
     """The calls 2_provision would make (nothing for ``local``)."""
-    from . import cloud
+    from . import cloud, hostsetup
 
     if cfg.is_local:
         return ("**site=local**: no lease, no server; this machine is the host. "
@@ -72,6 +72,9 @@ def plan_markdown(cfg, state=None) -> str:
              "", "| # | call | what |", "|---|---|---|"]
     lines += [f"| {i} | `{c.method} {c.service} {c.path}` | {c.summary} |"
               for i, c in enumerate(calls, 1)]
+    lines += ["", "Then over SSH, each step checked before it acts (`setup_host=False` skips "
+              "them): " + ", ".join(f"`{name}`" for name in hostsetup.step_names(cfg))
+              + "."]
     return "\n".join(lines) + "\n"
 
 
