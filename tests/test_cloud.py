@@ -1036,6 +1036,13 @@ def test_server_in_error_midway_is_reported_recorded_and_torn_down(api, clients,
     api.mock.reset_mock()
     again = provisioning.teardown(cfg, clients=clients, keep_credentials=True)
     assert api.calls() == [] and again.deleted == [] and not again.problems
+    # a lab.json left from a lab on that server: the server is gone, nothing to back up
+    (tmp_path / "wd" / "lab.json").write_text('{"site": "CHI@UC", "host": "192.5.87.10"}')
+    said = []
+    third = provisioning.teardown(cfg, clients=clients, keep_credentials=True,
+                                  progress=said.append)
+    assert api.calls() == [] and not third.problems, third.problems
+    assert any("already gone" in line for line in said)
 
 
 def test_rerun_after_a_server_error_boots_a_new_server(api, clients, tmp_path):

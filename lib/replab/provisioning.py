@@ -221,7 +221,11 @@ def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = Fals
             say(f"{what} failed: {type(exc).__name__}: {exc}")
         return None
 
-    if (cfg.workdir_path / "lab.json").exists():
+    lab_there = (cfg.workdir_path / "lab.json").exists()
+    if lab_there and not cfg.is_local and not _server_live(cfg):
+        say("the lab's server is already gone (state.json): nothing to back up or stop")
+        lab_there = False
+    if lab_there:
         if without_backup:
             say("no MLflow backup (without_backup=True): the lab's history since the last "
                 "backup goes with it")
@@ -252,6 +256,13 @@ def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = Fals
     if not cfg.is_local:
         _delete_credentials(cfg, out, step, cloud_name, clouds_file, keep_credentials)
     return out
+
+
+def _server_live(cfg) -> bool:
+    from . import cloud
+
+    state = cloud.State.load(cfg.workdir)
+    return state.get("server") is not None and state.get("floating_ip") is not None
 
 
 def cloud_connect(cfg, cloud_name: str | None, clouds_file: str | None):
