@@ -921,8 +921,7 @@ def test_provision_a_lease_starting_later_stops_after_reserving(api, clients, tm
                                    for c in rc.plan(cfg, now=NOW)]
 
 
-def test_provision_rerun_adopts_what_exists(api, clients, tmp_path):
-    cfg = make_cfg(workdir=str(tmp_path))
+def _register_adopted_lease_and_key(api: Api) -> None:
     api.expect("GET", "network", "/v2.0/networks?name=public",
                json={"networks": [{"id": PUBLIC_NET, "name": "public"}]})
     api.expect("GET", "reservation", "/leases", json={"leases": [lease_json("ACTIVE")]})
@@ -930,6 +929,11 @@ def test_provision_rerun_adopts_what_exists(api, clients, tmp_path):
                json={"lease": lease_json("ACTIVE")})
     api.expect("GET", "compute", "/os-keypairs/exp1-key",
                json={"keypair": {"name": "exp1-key", "public_key": KEY}})
+
+
+def test_provision_rerun_adopts_what_exists(api, clients, tmp_path):
+    cfg = make_cfg(workdir=str(tmp_path))
+    _register_adopted_lease_and_key(api)
     api.expect("GET", "compute", "/servers/detail?name=exp1-server",
                json={"servers": [server_json("ACTIVE")]})
     api.expect("GET", "compute", f"/servers/{SERVER}", json={"server": server_json("ACTIVE")})
@@ -956,16 +960,6 @@ def _public_key_file(tmp_path) -> str:
     path = tmp_path / "id_ed25519.pub"
     path.write_text(KEY + "\n")
     return str(path)
-
-
-def _register_adopted_lease_and_key(api: Api) -> None:
-    api.expect("GET", "network", "/v2.0/networks?name=public",
-               json={"networks": [{"id": PUBLIC_NET, "name": "public"}]})
-    api.expect("GET", "reservation", "/leases", json={"leases": [lease_json("ACTIVE")]})
-    api.expect("GET", "reservation", f"/leases/{LEASE_ID}",
-               json={"lease": lease_json("ACTIVE")})
-    api.expect("GET", "compute", "/os-keypairs/exp1-key",
-               json={"keypair": {"name": "exp1-key", "public_key": KEY}})
 
 
 def _register_boot(api: Api, statuses: tuple[str, ...], server_id: str = SERVER) -> None:

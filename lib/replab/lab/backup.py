@@ -356,6 +356,12 @@ def _snapshot(db: Database, target: Path) -> None:
               db, "pg_dump")
 
 
+def _report(message: str, progress: Progress | None) -> None:
+    log.info("%s", message)
+    if progress:
+        progress(message)
+
+
 def _stamp(now: _dt.datetime | None = None) -> str:
     now = now or _dt.datetime.now(_dt.timezone.utc)
     return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z"
@@ -401,9 +407,8 @@ def backup_on_server(cfg, conn, paths, *, reason: str = "manual",
     if info is None or (before is not None and info.key == before.key):
         raise CloudError(f"the backup on {conn.host} reported {last[0]!r} but the bucket "
                          f"{cfg.buckets.backups} holds no new backup", "replab lab backup")
-    if progress:
-        progress(f"backed up the server's MLflow database ({info.runs} runs) to "
-                 f"{info.location}")
+    _report(f"backed up the server's MLflow database ({info.runs} runs) to {info.location}",
+            progress)
     return info
 
 
@@ -438,11 +443,8 @@ def backup(cfg, *, reason: str = "manual", database: Database | None = None,
         meta = Path(tmp) / "meta.json"
         meta.write_text(json.dumps(info.to_dict(), indent=1, sort_keys=True) + "\n")
         bucket.put(meta, info.meta_key)  # last: a listed backup is a complete one
-    message = (f"backed up the MLflow database ({db.backend}, {runs} runs, {info.size} bytes) "
-               f"to {info.location}")
-    log.info("%s", message)
-    if progress:
-        progress(message)
+    _report(f"backed up the MLflow database ({db.backend}, {runs} runs, {info.size} bytes) "
+            f"to {info.location}", progress)
     return info
 
 
@@ -514,11 +516,8 @@ def prune(cfg, *, keep_recent: int = KEEP_RECENT, keep_daily: int = KEEP_DAILY,
         bucket.delete(info.meta_key)
         bucket.delete(info.key)
     if doomed:
-        message = (f"pruned {len(doomed)} scheduled backup(s) from {bucket.location} (kept "
-                   f"the newest {keep_recent} and one a day for {keep_daily} days)")
-        log.info("%s", message)
-        if progress:
-            progress(message)
+        _report(f"pruned {len(doomed)} scheduled backup(s) from {bucket.location} (kept the "
+                f"newest {keep_recent} and one a day for {keep_daily} days)", progress)
     return doomed
 
 
@@ -625,11 +624,8 @@ def restore(cfg, backup: BackupInfo | str | None = None, *, force: bool = False,
         log.info("backup made with MLflow %s, this is %s: upgrading the schema",
                  info.mlflow_version, _mlflow_version())
         _upgrade_schema(db)
-    message = (f"restored {info.key} ({info.runs} runs, from {info.created_at}) into "
-               f"{db.uri}")
-    log.info("%s", message)
-    if progress:
-        progress(message)
+    _report(f"restored {info.key} ({info.runs} runs, from {info.created_at}) into {db.uri}",
+            progress)
     return info
 
 
