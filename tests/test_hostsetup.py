@@ -286,7 +286,7 @@ def test_upload_lab_twice(conn, cfg, tmp_path):
     first = hostsetup.upload_lab(conn, cfg, paths=paths, source=src)
     assert first.changed, first.detail
     source = Path(paths.source)
-    assert (source / "lib" / "replab" / "hostsetup.py").is_file()
+    assert (source / "lib" / "replab" / "hostsetup" / "__init__.py").is_file()
     assert (source / "docker").is_dir() and (source / "pyproject.toml").is_file()
     assert not list(source.rglob("__pycache__"))
     assert (source / hostsetup.SOURCE_HASH_FILE).read_text().strip() == first.extra["sha256"]
