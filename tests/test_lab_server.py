@@ -246,6 +246,15 @@ def test_launch_remote_over_ssh_with_docker(docker_host, ssh_server, local_opens
             assert {b["HostIp"] for v in bindings.values() if v for b in v} == {"127.0.0.1"}
         assert server.status_remote(cfg, ssh_server, paths=paths, docker_env=remote_env)[
             "services"] == {"mlflow": "healthy", "jupyter": "healthy"}
+        # the Jupyter container knows its exact image (the capture records it)
+        image = yaml.safe_load(Path(paths.lab, "compose.yaml").read_text())[
+            "services"]["jupyter"]["image"]
+        image_id = run([DOCKER, "image", "inspect", "--format", "{{.Id}}", image],
+                       env).stdout.strip()
+        jupyter = next(c for c in ids if "jupyter" in run(
+            [DOCKER, "inspect", "--format", "{{.Name}}", c], env).stdout)
+        seen = run([DOCKER, "inspect", "--format", "{{json .Config.Env}}", jupyter], env).stdout
+        assert image_id.startswith("sha256:") and f"REPLAB_IMAGE_DIGEST={image_id}" in seen
 
         # A run logged through the lab (artifact through MLflow's proxy into Swift), then
         # the backup the server's hourly timer makes.

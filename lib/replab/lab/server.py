@@ -195,6 +195,26 @@ class ServerLab:
         return services_health(out.stdout)
 
 
+def _record_image_digest(cfg, lab: ServerLab, image: str, host_env: Mapping[str, str],
+                         say) -> str | None:
+    """Put the Jupyter image's id into the server's ``.env`` as ``REPLAB_IMAGE_DIGEST``,
+    which the container gets and the capture records (a replay can name the exact image).
+    The file changes, and compose recreates the container, only when the image did."""
+    out = remote.run(lab.conn, ["docker", "image", "inspect", "--format", "{{.Id}}", image],
+                     check=False, env=lab.env)
+    digest = out.stdout.strip() if out.ok else ""
+    if not digest:
+        say(f"image {image} is not on the server yet: REPLAB_IMAGE_DIGEST stays empty")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        _, env_path = compose.write_compose(
+            cfg, tmp, host_env={**host_env, "REPLAB_IMAGE_DIGEST": digest},
+            host_paths=lab.paths)
+        remote.put_text(lab.conn, env_path.read_text(),
+                        f"{lab.paths.lab}/{compose.ENV_FILE}", 0o600)
+    return digest
+
+
 def _restore_postgres(cfg, lab: ServerLab, say, *, timeout: float, interval: float,
                       clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
     """PostgreSQL: start it alone, then let the server's replab (host setup installed it,
@@ -286,6 +306,7 @@ def launch_remote(cfg, host: remote.Host, *, conn=None,
         compose_path, env_path = compose.write_compose(cfg, tmp, host_env=gids,
                                                        host_paths=paths)
         text = compose_path.read_text()
+        jupyter_image = yaml.safe_load(text)["services"]["jupyter"]["image"]
         if lab.flavor != COMPOSE_V2 or ports:
             text = compose.render_compose(server_spec(yaml.safe_load(text),
                                                       flavor=lab.flavor, ports=ports))
@@ -298,10 +319,13 @@ def launch_remote(cfg, host: remote.Host, *, conn=None,
     if cfg.lab.mlflow_backend == "postgresql":
         _restore_postgres(cfg, lab, say, timeout=timeout, interval=interval, clock=clock,
                           sleep=sleep)
-    up = ["up", "-d", "--remove-orphans", "--build" if build else "--no-build"]
     name = "docker compose" if lab.flavor == COMPOSE_V2 else "docker-compose (v1)"
-    say(f"{name} {' '.join(up)}" + (" (the first build takes several minutes)" if build
-                                    else ""))
+    if build:
+        say(f"{name} build (the first build takes several minutes)")
+        lab.compose("build", timeout=timeout)
+    _record_image_digest(cfg, lab, jupyter_image, gids, say)
+    up = ["up", "-d", "--remove-orphans", "--no-build"]
+    say(f"{name} {' '.join(up)}")
     lab.compose(*up, timeout=timeout)
     start = clock()
     while True:
