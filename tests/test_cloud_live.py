@@ -29,7 +29,7 @@ import pytest
 
 from replab import cloud as rc
 from replab import config, credentials, lab, provisioning, remote, replay, sites
-from replab.lab import backup, server
+from replab.lab import schedule, server
 
 pytestmark = [pytest.mark.chameleon, pytest.mark.slow, pytest.mark.timeout(4 * 3600)]
 
@@ -141,9 +141,9 @@ def test_the_whole_series_on_the_smallest_free_machine(tmp_path):
         conn = remote.connect(host)
         try:
             paths = server.host_paths(cfg, conn)
-            made_backup = backup.backup_on_server(cfg, conn, paths, reason="live")
+            made_backup = schedule.backup_on_server(cfg, conn, paths, reason="live")
             assert made_backup.runs >= 2  # the run and its replay
-            assert remote.run(conn, ["systemctl", "is-enabled", f"{backup.UNIT}.timer"]).ok
+            assert remote.run(conn, ["systemctl", "is-enabled", f"{schedule.UNIT}.timer"]).ok
         finally:
             conn.close()
     finally:

@@ -18,7 +18,7 @@ import pytest
 from replab import config, hostsetup, rclone, remote
 from replab.credentials import SecretsStore
 from replab.errors import CloudError, ConfigError
-from replab.lab import backup, server
+from replab.lab import backup, schedule, server
 from replab.lab.compose import HostPaths
 from tests.conftest import basic
 from tests.gitrepo import git, make_repo
@@ -317,8 +317,8 @@ def test_backup_timer_twice(conn, cfg, sysroot, tmp_path, ssh_server):
     first = hostsetup.backup_timer(conn, cfg, root=sysroot, home=home)
     assert first.changed and "systemctl skipped" in first.detail
     units = sysroot / "etc" / "systemd" / "system"
-    service = (units / f"{backup.UNIT}.service").read_text()
-    timer = (units / f"{backup.UNIT}.timer").read_text()
+    service = (units / f"{schedule.UNIT}.service").read_text()
+    timer = (units / f"{schedule.UNIT}.timer").read_text()
     paths = HostPaths.for_config(cfg, home)
     assert f"--workdir {paths.root}/work" in service and f"User={ssh_server.user}" in service
     assert f"REPLAB_MLFLOW_DB=sqlite:///{paths.mlflow_dir}/mlflow.db" in service
@@ -331,8 +331,8 @@ def test_backup_timer_twice(conn, cfg, sysroot, tmp_path, ssh_server):
     pg = config.build(basic("CHI@UC", gpu_vendor="none", workdir=str(tmp_path / "work"),
                             lab={"mlflow_backend": "postgresql"}))
     assert hostsetup.backup_timer(conn, pg, root=sysroot, home=home).changed
-    service = (units / f"{backup.UNIT}.service").read_text()
-    assert f"REPLAB_MLFLOW_DB={backup.SERVER_POSTGRES_URI}" in service
+    service = (units / f"{schedule.UNIT}.service").read_text()
+    assert f"REPLAB_MLFLOW_DB={schedule.SERVER_POSTGRES_URI}" in service
     assert f"EnvironmentFile=-{paths.lab}/.env" in service
 
 
@@ -462,7 +462,7 @@ def test_server_replab_runs_the_backup_timers_command(conn, ec2, tmp_path, ssh_s
     client.set_terminated(run.info.run_id)
     sysroot = tmp_path / "sysroot"
     hostsetup.backup_timer(conn, cfg, root=sysroot, home=home)
-    service = (sysroot / "etc" / "systemd" / "system" / f"{backup.UNIT}.service").read_text()
+    service = (sysroot / "etc" / "systemd" / "system" / f"{schedule.UNIT}.service").read_text()
     env = dict(line.partition("=")[2].strip('"').split("=", 1) for line in service.splitlines()
                if line.startswith("Environment="))
     assert env["REPLAB_MLFLOW_VERSION"] == hostsetup.lab_mlflow_version() == "3.17.2"
@@ -481,13 +481,13 @@ def test_server_replab_runs_the_backup_timers_command(conn, ec2, tmp_path, ssh_s
         assert latest.mlflow_version == "3.17.2"  # the lab container's, not installed there
         # the teardown's last backup goes the same way, and is read back from the bucket
         said: list[str] = []
-        last = backup.backup_on_server(cfg, conn, paths, reason="teardown",
+        last = schedule.backup_on_server(cfg, conn, paths, reason="teardown",
                                        progress=said.append)
         assert last.key != latest.key and last.key.endswith("-teardown.sqlite")
         assert last.runs == 1 and said and last.location in said[0]
         # the timer prunes old scheduled backups (here: all but the newest, on the real S3)
         assert remote.run(conn, argv, env=env).ok
-        gone = backup.prune(cfg, keep_recent=1, keep_daily=0)
+        gone = schedule.prune(cfg, keep_recent=1, keep_daily=0)
         assert [b.key for b in gone] == [k for k in sorted(keys) if k.endswith(".sqlite")]
         left = storage.list_objects(s3, cfg.buckets.backups, "mlflow-db/")
         assert len(left) == 4 and last.key in left and last.meta_key in left

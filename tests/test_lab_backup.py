@@ -20,7 +20,7 @@ import pytest
 
 from replab import storage
 from replab.errors import ConfigError
-from replab.lab import backup, local
+from replab.lab import backup, local, schedule
 from tests.fixtures_openstack import LocalOpenStack, ec2_credential
 from tests.goldens import checker
 from tests.lab_support import (
@@ -44,7 +44,7 @@ def _reset_tracking_uri():
 
 # -- pure parts --------------------------------------------------------------------------------
 def test_systemd_units_golden():
-    units = backup.systemd_units("/home/cc/work")
+    units = schedule.systemd_units("/home/cc/work")
     assert sorted(units) == ["replab-lab-backup.service", "replab-lab-backup.timer"]
     golden("replab-lab-backup.service", units["replab-lab-backup.service"])
     golden("replab-lab-backup.timer", units["replab-lab-backup.timer"])
@@ -57,7 +57,7 @@ def test_systemd_units_golden():
 
 
 def test_systemd_units_with_a_database_and_odd_paths():
-    units = backup.systemd_units("/home/cc/my work 100%", user="root", on_calendar="*:0/30",
+    units = schedule.systemd_units("/home/cc/my work 100%", user="root", on_calendar="*:0/30",
                                  environment_file="/home/cc/work/secrets/lab.env",
                                  database_uri="postgresql+psycopg://mlflow@127.0.0.1:5432/mlflow")
     service = units["replab-lab-backup.service"]
@@ -67,13 +67,13 @@ def test_systemd_units_with_a_database_and_odd_paths():
             in service)
     assert "OnCalendar=*:0/30" in units["replab-lab-backup.timer"]
     with pytest.raises(ConfigError, match="must not hold a password"):
-        backup.systemd_units("/w", database_uri="postgresql://mlflow:secret@h:5432/mlflow")
+        schedule.systemd_units("/w", database_uri="postgresql://mlflow:secret@h:5432/mlflow")
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="no systemd-analyze here")
 def test_systemd_accepts_the_units(tmp_path):
     replab = str(Path(sys.executable).with_name("replab"))
-    for name, text in backup.systemd_units("/home/cc/work", replab=replab,
+    for name, text in schedule.systemd_units("/home/cc/work", replab=replab,
                                            user="root").items():
         (tmp_path / name).write_text(text)
     for name in ("replab-lab-backup.service", "replab-lab-backup.timer"):
@@ -123,7 +123,7 @@ def test_prune_plan_keeps_recent_daily_and_every_unscheduled_backup():
     by_hand = [_info("20260501T123000.000Z", "manual"), _info("20260501T000001.000Z",
                                                               "teardown")]
     every = sorted(hourly + by_hand, key=lambda b: b.key)
-    doomed = backup.prune_plan(every, keep_recent=30, keep_daily=2)
+    doomed = schedule.prune_plan(every, keep_recent=30, keep_daily=2)
     kept = {b.key for b in every} - {b.key for b in doomed}
     # the newest 30 hourly (all of day 3, 6 of day 2), the newest of days 3 and 2, and the
     # manual and teardown ones; day 1's hourly ones all go (only 2 days are kept)
@@ -132,14 +132,14 @@ def test_prune_plan_keeps_recent_daily_and_every_unscheduled_backup():
     assert sorted(k for k in kept if "scheduled" in k) == sorted(b.key for b in hourly[-30:])
     assert len(doomed) == 72 - 30
     assert doomed == sorted(doomed, key=lambda b: b.key)  # oldest first
-    days = backup.prune_plan(every, keep_recent=1, keep_daily=3)
+    days = schedule.prune_plan(every, keep_recent=1, keep_daily=3)
     assert {b.key for b in hourly} - {b.key for b in days} == {
         "mlflow-db/20260501T230000.000Z-scheduled.sqlite",
         "mlflow-db/20260502T230000.000Z-scheduled.sqlite",
         "mlflow-db/20260503T230000.000Z-scheduled.sqlite"}
-    assert backup.prune_plan(by_hand, keep_recent=1, keep_daily=0) == []
+    assert schedule.prune_plan(by_hand, keep_recent=1, keep_daily=0) == []
     with pytest.raises(ConfigError, match="keep_recent"):
-        backup.prune_plan(every, keep_recent=0)
+        schedule.prune_plan(every, keep_recent=0)
 
 
 @pytest.mark.services
@@ -150,14 +150,14 @@ def test_prune_deletes_old_scheduled_backups_from_the_bucket(tmp_path):
     made = [backup.backup(cfg, reason=r, database=db)
             for r in ("scheduled", "manual", "scheduled", "scheduled")]
     said: list[str] = []
-    gone = backup.prune(cfg, keep_recent=1, keep_daily=0, progress=said.append)
+    gone = schedule.prune(cfg, keep_recent=1, keep_daily=0, progress=said.append)
     assert [b.key for b in gone] == [made[0].key, made[2].key]
     assert [b.key for b in backup.list_backups(cfg)] == [made[1].key, made[3].key]
     root = cfg.workdir_path / "buckets" / cfg.buckets.backups / "mlflow-db"
     assert sorted(p.name for p in root.iterdir()) == sorted(
         Path(k).name for b in (made[1], made[3]) for k in (b.key, b.meta_key))
     assert said and "pruned 2 scheduled backup(s)" in said[0]
-    assert backup.prune(cfg, keep_recent=1, keep_daily=0) == []
+    assert schedule.prune(cfg, keep_recent=1, keep_daily=0) == []
 
 
 # -- round trips -------------------------------------------------------------------------------

@@ -140,12 +140,12 @@ def _cmd_lab(args) -> int:
         for line in lab.stop(cfg):
             print(line)
     elif args.action == "backup":
-        from .lab import backup
+        from .lab import backup, schedule
 
         info = backup.backup(cfg, reason=args.reason)
         print(f"backed up {info.runs} run(s) to {info.location}")
         if args.prune:
-            backup.prune(cfg, progress=print)
+            schedule.prune(cfg, progress=print)
     elif args.action == "restore":
         from .lab import backup
 

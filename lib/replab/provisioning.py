@@ -275,13 +275,13 @@ def _backup_lab(cfg, say: Say):
     """The teardown's last MLflow backup: here (site ``local``), or on the GPU server over
     SSH with the replab host setup installed there."""
     from . import lab, remote
-    from .lab import backup, server
+    from .lab import backup, schedule, server
 
     if cfg.is_local:
         return backup.backup(cfg, reason="teardown", progress=say)
     conn = remote.connect(lab.server_host(cfg))
     try:
-        return backup.backup_on_server(cfg, conn, server.host_paths(cfg, conn),
+        return schedule.backup_on_server(cfg, conn, server.host_paths(cfg, conn),
                                        reason="teardown", progress=say)
     finally:
         conn.close()

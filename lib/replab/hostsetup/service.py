@@ -132,26 +132,26 @@ def backup_timer(conn, cfg, *, root: str | os.PathLike = "/", home: str | None =
                  user: str | None = None, workdir: str | None = None,
                  replab: str | None = None, database_uri: str | None = None,
                  on_calendar: str = "hourly") -> Step:
-    """Install and enable ``lab.backup.systemd_units`` (the hourly MLflow backup) under
+    """Install and enable ``lab.schedule.systemd_units`` (the hourly MLflow backup) under
     ``<root>/etc/systemd/system``; changed=False when both units are already there as
     rendered. ``workdir`` (on the server, written by :func:`server_workdir`) defaults to
     ``HostPaths.workdir``, ``replab`` to ``HostPaths.replab`` (:func:`replab_cli`), the
-    database to ``lab.backup.server_database_uri`` (the password comes from the lab's
+    database to ``lab.schedule.server_database_uri`` (the password comes from the lab's
     ``.env``). Raises CloudError when systemctl fails."""
-    from ..lab import backup
+    from ..lab import schedule
     from ..lab.compose import HostPaths
 
     user = _user(conn, user)
     paths = HostPaths.for_config(cfg, home_directory(conn, user, home))
     if database_uri is None:
-        database_uri = backup.server_database_uri(cfg, paths)
-    units = backup.systemd_units(workdir or paths.workdir, replab=replab or paths.replab,
+        database_uri = schedule.server_database_uri(cfg, paths)
+    units = schedule.systemd_units(workdir or paths.workdir, replab=replab or paths.replab,
                                  user=user, mlflow_version=lab_mlflow_version(),
                                  on_calendar=on_calendar,
                                  environment_file=f"{paths.lab}/.env",
                                  database_uri=database_uri)
     sudo = _live(root) and not _is_root(conn)
-    changed, notes = _install_units(conn, root, units, f"{backup.UNIT}.timer", sudo=sudo)
+    changed, notes = _install_units(conn, root, units, f"{schedule.UNIT}.timer", sudo=sudo)
     if not changed:
-        return Step(BACKUP_TIMER, False, f"{backup.UNIT}.timer installed ({on_calendar})")
+        return Step(BACKUP_TIMER, False, f"{schedule.UNIT}.timer installed ({on_calendar})")
     return Step(BACKUP_TIMER, True, "; ".join(notes))

@@ -220,7 +220,7 @@ def _restore_postgres(cfg, lab: ServerLab, say, *, timeout: float, interval: flo
     """PostgreSQL: start it alone, then let the server's replab (host setup installed it,
     with pg_restore) restore the newest backup with runs when the database is new, before
     MLflow starts on it."""
-    from . import backup
+    from . import backup, schedule
 
     conn, paths = lab.conn, lab.paths
     if not remote.run(conn, [paths.replab, "--version"], check=False).ok:
@@ -236,7 +236,7 @@ def _restore_postgres(cfg, lab: ServerLab, say, *, timeout: float, interval: flo
         sleep(interval)
     out = remote.run(conn, [paths.replab, "lab", "restore", "--if-new", "--workdir",
                             paths.workdir, "--env-file", f"{paths.lab}/{compose.ENV_FILE}"],
-                     env={backup.DB_ENV: backup.server_database_uri(cfg, paths)},
+                     env={backup.DB_ENV: schedule.server_database_uri(cfg, paths)},
                      timeout=timeout)
     say(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "PostgreSQL checked")
 
