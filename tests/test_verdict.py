@@ -28,6 +28,7 @@ from replab.envdiff import (
     hazards,
 )
 from replab.errors import ConfigError, ReplayError
+from replab.report import log_report, render_html, render_markdown, write_report
 from replab.verdict import (
     DEFAULT_TOLERANCES,
     MetricStatus,
@@ -37,10 +38,6 @@ from replab.verdict import (
     compare,
     explain,
     fetch_record,
-    log_report,
-    render_html,
-    render_markdown,
-    write_report,
 )
 from tests.conftest import ROOT
 

@@ -530,6 +530,7 @@ def replay_run(run_or_bundle: str, *, experiment: str | None = None,
     replay of the original; the verdict report goes to ``<workdir>/replays/<run>-<stamp>/``
     and onto the new run. Raises ReplayError when the replay cannot run or records no run.
     """
+    from . import report as report_mod
     from . import verdict as verdict_mod
 
     say = progress or (lambda _m: None)
@@ -547,9 +548,9 @@ def replay_run(run_or_bundle: str, *, experiment: str | None = None,
     client = _client(tracking_uri)
     new = verdict_mod.fetch_record(client, ex.new_run_id)
     v = verdict_mod.compare(record_of(source), new, tolerances)
-    paths = verdict_mod.write_report(v, record_of(source), new, base / "report")
+    paths = report_mod.write_report(v, record_of(source), new, base / "report")
     try:
-        verdict_mod.log_report(client, ex.new_run_id, paths, v)
+        report_mod.log_report(client, ex.new_run_id, paths, v)
     except Exception as exc:  # the report is on disk; the server may refuse big artifacts
         log.warning("could not attach the report to run %s: %s", ex.new_run_id, exc)
     say(f"verdict: {v.verdict.value}; report in {base / 'report'}")
