@@ -126,6 +126,28 @@ def sdk_errors(service: str, request: str, *, not_found: bool = False) -> Iterat
         raise CloudError(f"{service} request failed: {_short(exc)}", request) from exc
 
 
+def missing(what: str, request: str, ignore_missing: bool) -> bool:
+    """A resource to delete is already gone: False, or CloudError when that is an error."""
+    if not ignore_missing:
+        raise CloudError(f"{what} not found", request)
+    log.info("%s is already gone", what)
+    return False
+
+
+def delete_call(what: str, request: str, errors: contextlib.AbstractContextManager,
+                call: Callable[[], Any], ignore_missing: bool, *,
+                done: str = "deleted") -> bool:
+    """Make one DELETE ``call`` inside ``errors`` (``sdk_errors`` / ``blazar_errors`` with
+    ``not_found=True``): True when it deleted ``what``, :func:`missing` when it was gone."""
+    try:
+        with errors:
+            call()
+    except NotFound:
+        return missing(what, request, ignore_missing)
+    log.info("%s %s", done, what)
+    return True
+
+
 def _details(exc: Any) -> str:
     return str(getattr(exc, "details", None) or _short(exc))[:400]
 

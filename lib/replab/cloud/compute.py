@@ -22,7 +22,15 @@ from typing import Any
 
 from .. import sites
 from ..errors import CloudError
-from ._common import NotFound, Progress, is_uuid, sdk_errors, wait_for
+from ._common import (
+    NotFound,
+    Progress,
+    delete_call,
+    is_uuid,
+    missing,
+    sdk_errors,
+    wait_for,
+)
 
 DEFAULT_NETWORK = "sharednet1"  # chi.server.DEFAULT_NETWORK
 PUBLIC_NETWORK = "public"  # chi.network.PUBLIC_NETWORK: where floating IPs come from
@@ -128,13 +136,9 @@ def ensure_keypair(conn, name: str, public_key: str) -> tuple[Any, bool]:
 def delete_keypair(conn, name: str, ignore_missing: bool = True) -> bool:
     """``DELETE /os-keypairs/<name>``; False when it was already gone."""
     request = f"DELETE /os-keypairs/{name}"
-    try:
-        with sdk_errors("Nova", request, not_found=True):
-            conn.compute.delete_keypair(name, ignore_missing=False)
-    except NotFound:
-        return _missing(f"keypair {name}", request, ignore_missing)
-    log.info("deleted keypair %s", name)
-    return True
+    return delete_call(f"keypair {name}", request, sdk_errors("Nova", request, not_found=True),
+                       lambda: conn.compute.delete_keypair(name, ignore_missing=False),
+                       ignore_missing)
 
 
 # -- security groups -------------------------------------------------------------------------
@@ -207,16 +211,14 @@ def delete_security_group(conn, name_or_id: str, ignore_missing: bool = True) ->
             group = _one(conn.network.security_groups(name=name_or_id), name_or_id,
                          "security group", request)
         if group is None:
-            return _missing(f"security group {name_or_id}", request, ignore_missing)
+            return missing(f"security group {name_or_id}", request, ignore_missing)
         group_id = group.id
     request = f"DELETE /v2.0/security-groups/{group_id}"
-    try:
-        with sdk_errors("Neutron", request, not_found=True):
-            conn.network.delete_security_group(group_id, ignore_missing=False)
-    except NotFound:
-        return _missing(f"security group {name_or_id}", request, ignore_missing)
-    log.info("deleted security group %s", name_or_id)
-    return True
+    return delete_call(f"security group {name_or_id}", request,
+                       sdk_errors("Neutron", request, not_found=True),
+                       lambda: conn.network.delete_security_group(group_id,
+                                                                  ignore_missing=False),
+                       ignore_missing)
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -328,16 +330,15 @@ def delete_server(conn, name_or_id: str, ignore_missing: bool = True, *, wait: b
     if not is_uuid(name_or_id):
         server = find_server(conn, name_or_id)
         if server is None:
-            return _missing(f"server {name_or_id}", f"GET /servers/detail?name={name_or_id}",
-                            ignore_missing)
+            return missing(f"server {name_or_id}", f"GET /servers/detail?name={name_or_id}",
+                           ignore_missing)
         server_id = server.id
     request = f"DELETE /servers/{server_id}"
-    try:
-        with sdk_errors("Nova", request, not_found=True):
-            conn.compute.delete_server(server_id, ignore_missing=False)
-    except NotFound:
-        return _missing(f"server {name_or_id}", request, ignore_missing)
-    log.info("deleted server %s", name_or_id)
+    if not delete_call(f"server {name_or_id}", request,
+                       sdk_errors("Nova", request, not_found=True),
+                       lambda: conn.compute.delete_server(server_id, ignore_missing=False),
+                       ignore_missing):
+        return False
     if wait:
         wait_for(lambda: get_server(conn, server_id), ready=lambda s: s is None,
                  failed=lambda s: (f"deleting server {server_id} failed: {fault(s)}"
@@ -420,23 +421,13 @@ def release_floating_ip(conn, address_or_id: str, ignore_missing: bool = True) -
             found = list(conn.network.ips(floating_ip_address=address_or_id))
         ip = found[0] if found else None
     if ip is None:
-        return _missing(f"floating IP {address_or_id}", request, ignore_missing)
+        return missing(f"floating IP {address_or_id}", request, ignore_missing)
     if owned_by_lease(ip):
         log.info("floating IP %s belongs to a lease reservation (tags %s); Blazar releases "
                  "it when the lease ends", ip.floating_ip_address, ", ".join(ip.tags))
         return False
     request = f"DELETE /v2.0/floatingips/{ip.id}"
-    try:
-        with sdk_errors("Neutron", request, not_found=True):
-            conn.network.delete_ip(ip, ignore_missing=False)
-    except NotFound:
-        return _missing(f"floating IP {address_or_id}", request, ignore_missing)
-    log.info("released floating IP %s", ip.floating_ip_address)
-    return True
-
-
-def _missing(what: str, request: str, ignore_missing: bool) -> bool:
-    if not ignore_missing:
-        raise CloudError(f"{what} not found", request)
-    log.info("%s is already gone", what)
-    return False
+    return delete_call(f"floating IP {address_or_id}", request,
+                       sdk_errors("Neutron", request, not_found=True),
+                       lambda: conn.network.delete_ip(ip, ignore_missing=False),
+                       ignore_missing, done="released")

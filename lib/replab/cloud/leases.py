@@ -24,12 +24,13 @@ from typing import Any
 from .. import sites
 from ..errors import CloudError, ConfigError
 from ._common import (
-    NotFound,
     Progress,
     as_utc,
     blazar_errors,
     blazar_time,
+    delete_call,
     is_uuid,
+    missing,
     parse_time,
     utcnow,
     wait_for,
@@ -364,27 +365,15 @@ def delete_lease(client, name_or_id: str, ignore_missing: bool = True) -> bool:
     if not is_uuid(name_or_id):
         lease = find_lease(client, name_or_id)
         if lease is None:
-            return _missing(f"lease {name_or_id}", "GET /leases", ignore_missing)
+            return missing(f"lease {name_or_id}", "GET /leases", ignore_missing)
         lease_id = lease["id"]
     return _delete(client, lease_id, name_or_id, ignore_missing)
 
 
 def _delete(client, lease_id: str, label: str, ignore_missing: bool) -> bool:
     request = f"DELETE /leases/{lease_id}"
-    try:
-        with blazar_errors(request, not_found=True):
-            client.lease.delete(lease_id)
-    except NotFound:
-        return _missing(f"lease {label}", request, ignore_missing)
-    log.info("deleted lease %s (%s)", label, lease_id)
-    return True
-
-
-def _missing(what: str, request: str, ignore_missing: bool) -> bool:
-    if not ignore_missing:
-        raise CloudError(f"{what} not found", request)
-    log.info("%s is already gone", what)
-    return False
+    return delete_call(f"lease {label}", request, blazar_errors(request, not_found=True),
+                       lambda: client.lease.delete(lease_id), ignore_missing)
 
 
 # -- availability ----------------------------------------------------------------------------
