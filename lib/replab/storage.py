@@ -451,20 +451,26 @@ class _Tally:
         self.done = 0
         self._lock = threading.Lock()
 
-    def callback(self, name: str) -> Callable[[int], None]:
-        def add(amount: int) -> None:
-            with self._lock:
-                self.done += amount
-                if self.progress is not None:
-                    self.progress(self.done, self.total, name)
-        return add
-
-    def finished(self, name: str, size: int, counted: int) -> None:
-        """A file is done: make up for chunks boto3 did not report (empty files)."""
+    def _add(self, name: str, amount: int) -> None:
         with self._lock:
-            self.done += size - counted
+            self.done += amount
             if self.progress is not None:
                 self.progress(self.done, self.total, name)
+
+    @contextmanager
+    def file(self, name: str, size: int) -> Iterator[Callable[[int], None]]:
+        """The callback for one file's chunks; when the transfer succeeded, make up for
+        chunks boto3 did not report (empty files)."""
+        counted = 0
+
+        def add(amount: int) -> None:  # boto3 calls it from its transfer threads
+            nonlocal counted
+            with self._lock:
+                counted += amount
+            self._add(name, amount)
+
+        yield add
+        self._add(name, size - counted)
 
 
 def _local_files(path: Path) -> list[tuple[Path, str]]:
@@ -511,16 +517,9 @@ def upload(s3, bucket: str, path: str | os.PathLike, key: str | None = None,
     sizes = [f.stat().st_size for f, _ in files]
     tally = _Tally(progress, sum(sizes))
     for (file, object_key), size in zip(files, sizes, strict=True):
-        counted = [0]
-        step = tally.callback(object_key)
-
-        def on_bytes(n: int, step=step, counted=counted) -> None:
-            counted[0] += n
-            step(n)
-
-        with _translated(s3, "PUT", bucket, object_key):
+        with tally.file(object_key, size) as on_bytes, \
+                _translated(s3, "PUT", bucket, object_key):
             s3.upload_file(str(file), bucket, object_key, Config=config, Callback=on_bytes)
-        tally.finished(object_key, size, counted[0])
         log.debug("uploaded %s to %s/%s (%d bytes)", file, bucket, object_key, size)
     log.info("uploaded %d files (%d bytes) to bucket %s", len(files), tally.total, bucket)
     return Transferred(len(files), tally.total)
@@ -578,16 +577,9 @@ def download(s3, bucket: str, key: str, path: str | os.PathLike,
     tally = _Tally(progress, sum(size for _, _, size in jobs))
     for object_key, dest, size in jobs:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        counted = [0]
-        step = tally.callback(object_key)
-
-        def on_bytes(n: int, step=step, counted=counted) -> None:
-            counted[0] += n
-            step(n)
-
-        with _translated(s3, "GET", bucket, object_key):
+        with tally.file(object_key, size) as on_bytes, \
+                _translated(s3, "GET", bucket, object_key):
             s3.download_file(bucket, object_key, str(dest), Config=config, Callback=on_bytes)
-        tally.finished(object_key, size, counted[0])
     log.info("downloaded %d files (%d bytes) from bucket %s", len(jobs), tally.total, bucket)
     return Transferred(len(jobs), tally.total)
 
