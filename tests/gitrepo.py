@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -27,3 +29,11 @@ def make_repo(path: Path, files: dict[str, str] | None = None,
     if remote:
         git(path, "remote", "add", "origin", remote)
     return path
+
+
+def train_example(repo: Path, uri: str, *args: str) -> str:
+    """Run the example ``train.py`` in ``repo`` against the MLflow at ``uri``; its run id."""
+    out = subprocess.run([sys.executable, "train.py", *args], cwd=repo, capture_output=True,
+                         text=True, timeout=180, env=dict(os.environ, MLFLOW_TRACKING_URI=uri))
+    assert out.returncode == 0, out.stderr[-2000:]
+    return next(ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("run "))

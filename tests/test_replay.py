@@ -1,9 +1,7 @@
 """replab.replay: rebuild the workspace and environment of a tracked run and re-execute it."""
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tarfile
 
@@ -13,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from replab import replay, tracking
 from replab.errors import ReplayError
 from tests.conftest import ROOT
-from tests.gitrepo import git, make_repo
+from tests.gitrepo import git, make_repo, train_example
 
 
 def _project(tmp_path):
@@ -29,13 +27,6 @@ def _project(tmp_path):
     return repo
 
 
-def _train(repo, uri, *args):
-    out = subprocess.run([sys.executable, "train.py", *args], cwd=repo, capture_output=True,
-                         text=True, timeout=180, env=dict(os.environ, MLFLOW_TRACKING_URI=uri))
-    assert out.returncode == 0, out.stderr[-2000:]
-    return next(ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("run "))
-
-
 def _curves(uri, run_id):
     c = MlflowClient(uri)
     return {k: sorted((m.step, m.value) for m in c.get_metric_history(run_id, k))
@@ -44,7 +35,7 @@ def _curves(uri, run_id):
 
 def test_dirty_workspace_is_reproduced_from_the_record_alone(tracking_uri, tmp_path):
     repo = _project(tmp_path)
-    original = _train(repo, tracking_uri, "--seed", "2", "--epochs", "3")
+    original = train_example(repo, tracking_uri, "--seed", "2", "--epochs", "3")
     source = replay.fetch(original)
     assert source.params["lr"] == "0.02" and source.lock
     ws = replay.rebuild_workspace(source, tmp_path / "ws", repo=repo)
@@ -63,7 +54,7 @@ def test_dirty_workspace_is_reproduced_from_the_record_alone(tracking_uri, tmp_p
 
 def test_bundle_replays_with_no_tracking_server(tracking_uri, tmp_path):
     repo = _project(tmp_path)
-    original = _train(repo, tracking_uri, "--seed", "4", "--epochs", "2")
+    original = train_example(repo, tracking_uri, "--seed", "4", "--epochs", "2")
     bundle = replay.export_bundle(original, tmp_path / "run.tar.gz")
     # offline from here: a local sqlite store, no server
     offline = f"sqlite:///{tmp_path}/offline.db"
@@ -96,7 +87,7 @@ def test_corrupt_or_missing_records_are_replay_errors(tracking_uri, tmp_path):
 
 def test_unreachable_repository_or_commit_leaves_nothing_behind(tracking_uri, tmp_path):
     repo = _project(tmp_path)
-    source = replay.fetch(_train(repo, tracking_uri, "--epochs", "1"))
+    source = replay.fetch(train_example(repo, tracking_uri, "--epochs", "1"))
     dest = tmp_path / "ws"
     with pytest.raises(ReplayError, match="cannot clone the repository"):
         replay.rebuild_workspace(source, dest, repo=tmp_path / "no-such-repo")
@@ -113,7 +104,7 @@ def test_unreachable_repository_or_commit_leaves_nothing_behind(tracking_uri, tm
 def test_untracked_files_not_captured_are_named(tracking_uri, tmp_path):
     repo = _project(tmp_path)
     (repo / ".env").write_text("API_TOKEN=ghp_0123456789abcdefghijklmnopqrstuvwxyzAB\n")
-    source = replay.fetch(_train(repo, tracking_uri, "--epochs", "1"))
+    source = replay.fetch(train_example(repo, tracking_uri, "--epochs", "1"))
     with pytest.raises(ReplayError, match=r"\.env"):
         replay.rebuild_workspace(source, tmp_path / "ws", repo=repo)
     ws = replay.rebuild_workspace(source, tmp_path / "ws", repo=repo, allow_missing=True)
@@ -139,7 +130,7 @@ def test_a_different_lock_is_shown_and_the_environment_rebuilt_once(tmp_path):
 
 def test_latest_and_parse_lock(tracking_uri, tmp_path):
     repo = _project(tmp_path)
-    first = _train(repo, tracking_uri, "--epochs", "1", "--experiment", "t-latest")
+    first = train_example(repo, tracking_uri, "--epochs", "1", "--experiment", "t-latest")
     client = MlflowClient(tracking_uri)
     assert replay.resolve_run_id(client, "latest", "t-latest") == first
     with pytest.raises(ReplayError, match="no experiment"):

@@ -1,7 +1,6 @@
 """Replays judged end to end: the examples, a notebook, a `replab run` command, the CLI."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import pytest
 
 from replab import replay, verdict
 from tests.conftest import ROOT
-from tests.gitrepo import make_repo
+from tests.gitrepo import make_repo, train_example
 
 EX = ROOT / "examples"
 
@@ -21,16 +20,9 @@ def _repo(tmp_path, example):
     return make_repo(tmp_path / example, files)
 
 
-def _train(repo, uri, *args):
-    out = subprocess.run([sys.executable, "train.py", *args], cwd=repo, capture_output=True,
-                         text=True, timeout=180, env=dict(os.environ, MLFLOW_TRACKING_URI=uri))
-    assert out.returncode == 0, out.stderr[-2000:]
-    return next(ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("run "))
-
-
 def test_deterministic_example_replays_to_reproduced(tracking_uri, tmp_path):
     repo = _repo(tmp_path, "digits")
-    original = _train(repo, tracking_uri, "--seed", "3", "--epochs", "3")
+    original = train_example(repo, tracking_uri, "--seed", "3", "--epochs", "3")
     lines = []
     result = replay.replay_run(original, repo=repo, workdir=tmp_path / "wd",
                                progress=lines.append)
@@ -46,7 +38,7 @@ def test_deterministic_example_replays_to_reproduced(tracking_uri, tmp_path):
 
 def test_unseeded_example_is_not_reproduced_and_seeding_ranks_first(tracking_uri, tmp_path):
     repo = _repo(tmp_path, "mlp")
-    original = _train(repo, tracking_uri, "--unseeded", "--epochs", "3")
+    original = train_example(repo, tracking_uri, "--unseeded", "--epochs", "3")
     result = replay.replay_run(original, repo=repo, workdir=tmp_path / "wd",
                                tolerances=verdict.Tolerance())  # exact: any noise shows
     assert result.verdict.verdict == verdict.Outcome.NOT_REPRODUCED
@@ -113,7 +105,7 @@ def test_4_replay_notebook_browses_and_replays(tracking_uri, tmp_path):
     from tests.notebooks import execute, outputs_text
 
     repo = _repo(tmp_path, "digits")
-    original = _train(repo, tracking_uri, "--seed", "8", "--epochs", "2")
+    original = train_example(repo, tracking_uri, "--seed", "8", "--epochs", "2")
     wd = tmp_path / "wd"
     browse = tmp_path / "browse.ipynb"
     execute("4_replay.ipynb", browse, workdir=str(wd), run=original,
