@@ -246,8 +246,9 @@ def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = Fals
             out.deleted.append("the lab's services" + (f" ({', '.join(stopped)})"
                                                        if stopped else ""))
     if not cfg.is_local:
-        _teardown_cloud(cfg, out, step, clients or (
-            lambda: cloud_connect(cfg, cloud_name, clouds_file)), say)
+        connect = (lambda: clients) if clients else (
+            lambda: cloud_connect(cfg, cloud_name, clouds_file))
+        _teardown_cloud(cfg, out, step, connect, say)
     buckets = [cfg.buckets.data, cfg.buckets.artifacts, cfg.buckets.backups]
     if delete_buckets:  # before the credentials: deleting buckets needs the EC2 keys
         step("delete buckets", lambda: _delete_buckets(cfg, buckets, out))
@@ -259,10 +260,14 @@ def teardown(cfg, *, delete_buckets: bool = False, keep_credentials: bool = Fals
 
 
 def _server_live(cfg) -> bool:
-    from . import cloud
+    """Whether state.json records a running server with an address (``lab.server_host``)."""
+    from . import lab
 
-    state = cloud.State.load(cfg.workdir)
-    return state.get("server") is not None and state.get("floating_ip") is not None
+    try:
+        lab.server_host(cfg)
+    except ConfigError:
+        return False
+    return True
 
 
 def cloud_connect(cfg, cloud_name: str | None, clouds_file: str | None):
@@ -287,14 +292,13 @@ def _backup_lab(cfg, say: Say):
         conn.close()
 
 
-def _teardown_cloud(cfg, out: Teardown, step, clients, say) -> None:
+def _teardown_cloud(cfg, out: Teardown, step, connect: Callable[[], Any], say) -> None:
     from . import cloud
 
     state = cloud.State.load(cfg.workdir)
     live = state.live()
     if live:
-        if callable(clients):
-            clients = step("connect", clients)
+        clients = step("connect", connect)
         if clients:
             blazar, conn = clients
             for kind, fn in (
