@@ -125,6 +125,33 @@ def test_bad_input_names_the_field_value_and_what_is_allowed(raw, field, words):
         assert word in text, (word, text)
 
 
+@pytest.mark.parametrize("site, extra, vendor", [
+    ("CHI@UC", {}, "nvidia"),  # the default node type has NVIDIA GPUs
+    ("CHI@TACC", {"node_type": "gpu_mi100"}, "amd"),
+    ("KVM@TACC", {"gpu_vendor": "nvidia"}, "nvidia"),
+])
+def test_gpu_vendor_with_the_cpu_image_is_refused_before_any_cloud_call(site, extra, vendor):
+    """The CPU image has no GPU driver: host setup would fail after a lease and a boot."""
+    with pytest.raises(ConfigError) as err:
+        config.build(basic(site, image=sites.IMAGE_CPU, **extra))
+    assert err.value.fields == ["image"]
+    text = str(err.value)
+    wanted = sites.IMAGE_FOR_VENDOR[vendor]
+    for word in (repr(sites.IMAGE_CPU), "no GPU driver", repr(vendor), f"image: {wanted}",
+                 "leave image empty"):
+        assert word in text, (word, text)
+    # the fix the message names is accepted, and so is leaving the image to the vendor
+    assert config.build(basic(site, image=wanted, **extra)).image == wanted
+    assert config.build(basic(site, **extra)).image == wanted
+
+
+def test_cpu_image_stays_allowed_without_a_gpu():
+    cfg = config.build(basic("CHI@UC", node_type="compute_skylake", image=sites.IMAGE_CPU))
+    assert (cfg.gpu_vendor, cfg.image) == ("none", sites.IMAGE_CPU)
+    with pytest.raises(ConfigError, match="CC-Ubuntu24.04-CUDA' carries the NVIDIA driver"):
+        config.build(basic("CHI@UC", node_type="compute_skylake", image=sites.IMAGE_CUDA))
+
+
 def test_all_problems_are_reported_at_once():
     raw = basic(experiment="bad name", site="CHI@UC", gpu_vendor="amd",
                 node_type="gpu_rtx_6000", flavor="g1.h100.pci.1", lease_hours=1000, extra=1)

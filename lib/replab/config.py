@@ -417,10 +417,16 @@ def _image(site, vendor, image, problems):
     if image not in site.images:
         problems.append(("image", f"{image!r} is not supported at {site.name}; "
                                   f"allowed: {', '.join(site.images)}"))
-    elif vendor in sites.IMAGE_FOR_VENDOR and image not in (
-            sites.IMAGE_FOR_VENDOR[vendor], sites.IMAGE_CPU):
-        problems.append(("image", f"{image!r} does not fit gpu_vendor {vendor!r}; allowed: "
-                                  f"{sites.IMAGE_FOR_VENDOR[vendor]}"))
+    elif vendor in sites.IMAGE_FOR_VENDOR and image != sites.IMAGE_FOR_VENDOR[vendor]:
+        # The CPU image has no GPU driver: host setup would fail only after the lease and
+        # a bare-metal boot, so refuse here, before any cloud call.
+        wanted = sites.IMAGE_FOR_VENDOR[vendor]
+        what = {sites.IMAGE_CPU: "has no GPU driver",
+                sites.IMAGE_CUDA: "carries the NVIDIA driver",
+                sites.IMAGE_ROCM: "carries the AMD ROCm driver"}.get(image, "does not fit")
+        problems.append(("image", f"{image!r} {what} but gpu_vendor is {vendor!r}; allowed: "
+                                  f"{wanted} (set image: {wanted}, or leave image empty to "
+                                  "follow gpu_vendor)"))
     return image
 
 
