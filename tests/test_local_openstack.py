@@ -4,7 +4,6 @@ Swift stores objects, and its S3 API accepts EC2 credentials that Keystone valid
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -182,12 +181,9 @@ def test_wrong_ec2_secret_is_refused(local_openstack, ec2_credential):
 
 def test_up_again_reuses_the_running_stack(local_openstack):
     stack = local_openstack
-    t = time.monotonic()
     result = run_script("up", stack.state_file.parent, timeout=60)
-    elapsed = time.monotonic() - t
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reusing" in result.stdout
-    assert elapsed < 5, f"reuse took {elapsed:.1f}s"
     state = json.loads(stack.state_file.read_text())
     assert state["pids"] == stack.state["pids"]
     assert set(state["pids"]) == {

@@ -444,13 +444,13 @@ def test_reports_escape_and_embed(tmp_path):
 
 
 def test_importing_verdict_is_light():
-    code = ("import sys, time; t = time.perf_counter(); import replab.verdict; "
-            "print(time.perf_counter() - t); "
+    """replab.verdict imports none of the heavy libraries (its import time is measured by
+    bench/bench_import.py, not asserted here)."""
+    code = ("import sys; import replab.verdict; "
             "print([m for m in ('mlflow', 'matplotlib', 'numpy', 'pandas') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split("\n")
-    assert out[1] == "[]"
-    assert float(out[0]) < 0.5
+    assert out[0] == "[]"
 
 
 # -- properties ---------------------------------------------------------------------------------
