@@ -36,8 +36,13 @@ browse_only: bool = False  # show the record and the diff only; replay nothing
 # %%
 from IPython.display import HTML, Markdown, display
 
-from replab import replay
+from replab import parampaths, replay, trackingserver
 
+# relative paths mean: relative to this notebook (the replay itself runs in its workspace)
+workdir, repo, run = parampaths.absolute_paths(dict(workdir=workdir, repo=repo, run=run)).values()
+# the lab's server (lab.json), never a stray mlflow.db; browsing a bundle needs none
+tracking_uri = trackingserver.resolve(tracking_uri, workdir, required=not (
+    browse_only and parampaths.is_path("run", run))) or ""
 target = replay.notebook_target(workdir, run, experiment, tracking_uri)
 source = replay.load(target.run, experiment=target.experiment, tracking_uri=target.uri)
 display(Markdown(replay.record_markdown(source)))

@@ -1,8 +1,9 @@
-"""The ``replab`` command. Thin: parse arguments, call the library, display, exit codes.
-
-Exit codes: 0 success, 1 a step failed (a notebook, a run), 2 bad input (ConfigError),
-3 the cloud or a service refused (CloudError / ResourceTimeout), 4 replay problems.
+"""replab: reproducible ML on Chameleon Cloud. Run the numbered notebooks headless, track
+unmodified programs in MLflow, replay a tracked run and get a verdict on whether it
+reproduced, and manage the experiment's lab (JupyterLab + MLflow).
 """
+# The command is thin: parse arguments, make paths absolute and find the tracking server at
+# this edge, call the library, display, map errors to the exit codes in EXIT_CODES.
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli_parser import DEMO_PARAMS, EXIT_CODES
 from .errors import (
     CloudError,
     ConfigError,
@@ -21,19 +23,54 @@ from .errors import (
     ResourceTimeout,
 )
 
-DEMO_PARAMS = "examples/params-local.yaml"
-
+__all__ = ["EXIT_CODES", "build_parser", "main", "status_table"]
 
 def _err(msg: str) -> None:
     print(f"replab: {msg}", file=sys.stderr)
 
 
+# -- the edge: paths and the tracking server --------------------------------------------------
+_RUN_ARGS = ("run", "original", "replay", "run_a", "run_b")  # run ids, or bundle files
+
+
+def _absolute_args(args: argparse.Namespace) -> None:
+    """Every path argument made absolute against the current directory, here, once: the
+    library runs replays and kernels in other directories."""
+    from . import parampaths
+
+    for name, value in vars(args).items():
+        kind = "run" if name in _RUN_ARGS else ("workdir" if name == "path" else name)
+        if parampaths.is_path(kind, value):
+            setattr(args, name, parampaths.absolute(value))
+
+
+def _server(args, *, required: bool = True) -> str | None:
+    """The MLflow server of this command: --tracking-uri, $MLFLOW_TRACKING_URI, or
+    --workdir's lab.json; ConfigError naming the three ways when none is known."""
+    from . import trackingserver
+
+    uri, where = trackingserver.find(args.tracking_uri, args.workdir)
+    if not uri and required:
+        trackingserver.resolve(None, args.workdir)  # raises, saying how to give one
+    args.server = (uri, where)
+    return uri
+
+
+def _bundles_only(*runs: str) -> bool:
+    from . import parampaths
+
+    return all(parampaths.is_path("run", r) for r in runs)
+
+
+# -- commands ---------------------------------------------------------------------------------
 def _cmd_series(args) -> int:
     from . import series
 
     params = series.load_params(args.params)
     for item in args.param or []:
-        key, _, value = item.partition("=")
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError([("-p", f"{item!r} is not NAME=VALUE")])
         params[key] = _yaml_value(value)
     result = series.run_series(params, root=args.root, only=_split(args.only),
                                start=args.start, workdir=args.workdir, progress=print)
@@ -46,10 +83,26 @@ def _cmd_demo(args) -> int:
 
     root = Path(args.root) if args.root else series.default_root()
     params = series.load_params(root / DEMO_PARAMS)
-    result = series.run_series(params, root=root, workdir=args.workdir, progress=print)
+    # the demo's parameters (workdir: work/demo, repo: .) are relative to the artifact
+    result = series.run_series(params, root=root, workdir=args.workdir, base=root,
+                               progress=print)
     print(f"demo done: {len(result.runs)} notebook(s), executed copies in {result.run_dir}")
-    _demo_summary(Path(args.workdir or params.get("workdir") or "work"))
+    _demo_summary(Path(result.workdir))
     return 0
+
+
+def _jupyter_line(workdir: Path, info: dict) -> str:
+    """JupyterLab's URL, and where its token is (the lab's helper when it has one)."""
+    from . import lab
+
+    helper = getattr(lab, "jupyter_access", None)
+    if helper is not None:  # (tokenized URL, absolute token file)
+        url, token_file = helper(workdir, info)
+        return f"JupyterLab: {url} (token in {token_file})"
+    from .credentials import SecretsStore
+
+    token_file = SecretsStore(workdir).path(SecretsStore.LAB_ENV)
+    return f"JupyterLab: {info.get('jupyter_url')} (token: JUPYTER_TOKEN in {token_file})"
 
 
 def _demo_summary(workdir: Path) -> None:
@@ -61,17 +114,16 @@ def _demo_summary(workdir: Path) -> None:
         return
     info = json.loads(lab_file.read_text())
     url = info.get("mlflow_url")
-    print(f"MLflow: {url}   JupyterLab: {info.get('jupyter_url')} (token: secrets/lab.env)")
+    print(f"MLflow: {url}   {_jupyter_line(workdir, info)}")
     try:
         from mlflow.tracking import MlflowClient
 
         from . import config
+        from .tracking import TAG_REPLAY_OF
 
         cfg = config.load(workdir)
         client = MlflowClient(url)
         exp = client.get_experiment_by_name(cfg.experiment)
-        from .tracking import TAG_REPLAY_OF
-
         runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
                                   max_results=20) if exp else []
         originals = [r for r in runs if TAG_REPLAY_OF not in r.data.tags]
@@ -109,6 +161,9 @@ def _cmd_run(args) -> int:
     command = list(args.command_argv)
     if command and command[0] == "--":
         command = command[1:]
+    if not command:
+        raise ConfigError([("command", "nothing to run: give it after '--', e.g. "
+                                       "replab run -- python train.py")])
     params = {}
     for item in args.param or []:
         key, sep, value = item.partition("=")
@@ -116,7 +171,7 @@ def _cmd_run(args) -> int:
             raise ConfigError([("--param", f"{item!r} is not NAME=VALUE")])
         params[key] = value
     result = runner.run_command(command, experiment=args.experiment, params=params,
-                                tracking_uri=args.tracking_uri, seed=args.seed,
+                                tracking_uri=_server(args), seed=args.seed,
                                 autolog=not args.no_autolog, log_models=args.log_models)
     print(f"replab: run {result.run_id} (experiment {result.experiment_id}) exited with "
           f"{result.returncode}", file=sys.stderr)
@@ -133,9 +188,11 @@ def _cmd_lab(args) -> int:
         _load_env_file(Path(args.env_file))
     if args.action == "launch":
         info = lab.launch(cfg, progress=print)
-        print(json.dumps(info, indent=1))
+        print(json.dumps(info, indent=1) if args.json else _key_values(info))
     elif args.action == "status":
-        print(json.dumps(lab.status(cfg), indent=1))
+        info = lab.status(cfg)
+        print(json.dumps(info, indent=1) if args.json else status_table(info))
+        return 0 if _healthy(info) else 1
     elif args.action == "stop":
         for line in lab.stop(cfg):
             print(line)
@@ -157,6 +214,47 @@ def _cmd_lab(args) -> int:
         info = backup.restore(cfg, args.backup, force=args.force, progress=print)
         print(f"restored {info.runs} run(s) from {info.location}")
     return 0
+
+
+def _healthy(info: dict) -> bool:
+    if "healthy" in info:
+        return bool(info["healthy"])
+    services = info.get("services") or {}  # a server lab: {service: health or state}
+    return bool(services) and all(str(v) in ("healthy", "running") for v in services.values())
+
+
+def _key_values(info: dict) -> str:
+    width = max((len(str(k)) for k in info), default=0)
+    return "\n".join(f"{k:>{width}}: {v}" for k, v in info.items() if v not in (None, ""))
+
+
+_COLUMNS = ("running", "healthy", "port", "pid", "url", "log")
+
+
+def status_table(info: dict) -> str:
+    """``lab status`` for people: a line about the lab, then one row per service."""
+    services = info.get("services") or {}
+    head = {k: v for k, v in info.items() if k != "services" and v not in (None, "")}
+    state = "healthy" if _healthy(info) else "NOT healthy"
+    lines = [f"lab: {state}  " + "  ".join(f"{k}={v}" for k, v in head.items()
+                                          if k not in ("healthy", "running"))]
+    if not services:
+        return "\n".join([*lines, "no services (the lab was never launched here)"])
+    if all(isinstance(v, dict) for v in services.values()):
+        cols = [c for c in _COLUMNS if any(c in v for v in services.values())]
+        rows = [[name, *(_cell(v.get(c)) for c in cols)] for name, v in services.items()]
+    else:
+        cols, rows = ["state"], [[name, str(v)] for name, v in services.items()]
+    rows = [["service", *cols], *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value in (None, "") else str(value)
 
 
 def _load_env_file(path: Path) -> None:
@@ -183,7 +281,7 @@ def _cmd_replay(args) -> int:
     from . import replay
 
     result = replay.replay_run(args.run, experiment=args.experiment,
-                               tracking_uri=args.tracking_uri, repo=args.repo,
+                               tracking_uri=_server(args), repo=args.repo,
                                workdir=args.workdir, rebuild_env=args.rebuild_env,
                                allow_missing=args.allow_missing, progress=print)
     for line in result.mismatches[:20]:
@@ -196,14 +294,16 @@ def _cmd_replay(args) -> int:
 def _cmd_verify(args) -> int:
     from . import replay
 
-    v, _a, _b = replay.verify(args.original, args.replay, tracking_uri=args.tracking_uri)
+    uri = _server(args, required=not _bundles_only(args.original, args.replay))
+    v, _a, _b = replay.verify(args.original, args.replay, tracking_uri=uri)
     return _print_verdict(v)
 
 
 def _cmd_diff(args) -> int:
     from . import replay, verdict
 
-    diffs = replay.diff(args.run_a, args.run_b, tracking_uri=args.tracking_uri)
+    uri = _server(args, required=not _bundles_only(args.run_a, args.run_b))
+    diffs = replay.diff(args.run_a, args.run_b, tracking_uri=uri)
     if not diffs:
         print("no environment differences")
     for d in diffs:
@@ -214,7 +314,7 @@ def _cmd_diff(args) -> int:
 def _cmd_bundle(args) -> int:
     from . import replay
 
-    path = replay.export_bundle(args.run, args.output, tracking_uri=args.tracking_uri)
+    path = replay.export_bundle(args.run, args.output, tracking_uri=_server(args))
     print(f"bundle written: {path} ({path.stat().st_size / 1e3:.0f} kB)")
     return 0
 
@@ -232,97 +332,14 @@ def _split(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def build_parser():
+    """The ``replab`` argument parser (its texts live in :mod:`replab.cli_parser`)."""
+    from . import cli_parser
 
-    p = argparse.ArgumentParser(prog="replab", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"replab {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("series", help="run the numbered notebooks headless, in order")
-    s.add_argument("--params", help="YAML file of parameters (flat: name: value)")
-    s.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
-                   help="one parameter (repeatable; overrides --params)")
-    s.add_argument("--only", help="comma-separated notebooks to run (numbers or names)")
-    s.add_argument("--from", dest="start", help="start at this notebook (number or name)")
-    s.add_argument("--workdir", help="experiment work directory (default: params' or ./work)")
-    s.add_argument("--root", help="directory holding the notebooks (default: auto)")
-    s.set_defaults(func=_cmd_series)
-
-    d = sub.add_parser("demo", help=f"run the series on site=local with {DEMO_PARAMS}")
-    d.add_argument("--workdir", help="work directory (default: work/demo)")
-    d.add_argument("--root", help="directory holding the notebooks (default: auto)")
-    d.set_defaults(func=_cmd_demo)
-
-    c = sub.add_parser("config", help="check or show an experiment config")
-    c.add_argument("action", choices=["check", "show"])
-    c.add_argument("path", nargs="?", default="work", help="config.yaml or its work directory")
-    c.set_defaults(func=_cmd_config)
-
-    lb = sub.add_parser("lab", help="the lab: launch, status, stop, backup, restore")
-    lb.add_argument("action", choices=["launch", "status", "stop", "backup", "restore"])
-    lb.add_argument("--workdir", default="work", help="experiment work directory")
-    lb.add_argument("--reason", default="manual", help="backup: a word kept in its name")
-    lb.add_argument("--backup", help="restore: a backup key or stamp (default: the latest)")
-    lb.add_argument("--force", action="store_true", help="restore over a database with runs")
-    lb.add_argument("--if-new", action="store_true",
-                    help="restore: only into a new (empty) database, from the latest backup "
-                         "with runs")
-    lb.add_argument("--env-file", help="read variables (POSTGRES_PASSWORD, ...) from this "
-                                       "file, as the lab's .env on the GPU server")
-    lb.add_argument("--prune", action="store_true",
-                    help="backup: then delete old scheduled backups (keeps the newest 48 and "
-                         "one a day for 30 days; manual and teardown backups are kept)")
-    lb.set_defaults(func=_cmd_lab)
-
-    r = sub.add_parser("run", help="track an unmodified program: replab run -- python x.py")
-    r.add_argument("--experiment", "-e", help="MLflow experiment (default: Default)")
-    r.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
-                   help="a parameter to record (repeatable)")
-    r.add_argument("--seed", type=int, help="set PYTHONHASHSEED and REPLAB_SEED for the program")
-    r.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
-    r.add_argument("--no-autolog", action="store_true", help="do not switch on autologging")
-    r.add_argument("--log-models", action="store_true", help="let autologging save models")
-    r.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
-    r.set_defaults(func=_cmd_run)
-
-    rp = sub.add_parser("replay", help="re-execute a tracked run and judge it")
-    rp.add_argument("run", help="run id, 'latest' (with --experiment) or a bundle file")
-    rp.add_argument("--experiment", "-e", help="the experiment, for 'latest'")
-    rp.add_argument("--repo", help="clone this (path or URL) instead of the recorded remote")
-    rp.add_argument("--workdir", default="work", help="where replays/<run>-<stamp>/ go")
-    rp.add_argument("--rebuild-env", dest="rebuild_env", action="store_true", default=None,
-                    help="always build the environment from the lock")
-    rp.add_argument("--no-rebuild-env", dest="rebuild_env", action="store_false",
-                    help="never build it: replay in the current environment")
-    rp.add_argument("--allow-missing", action="store_true",
-                    help="go on when untracked files were not captured")
-    rp.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
-    rp.set_defaults(func=_cmd_replay)
-
-    vf = sub.add_parser("verify", help="the verdict of two existing runs (or bundles)")
-    vf.add_argument("original")
-    vf.add_argument("replay")
-    vf.add_argument("--tracking-uri")
-    vf.set_defaults(func=_cmd_verify)
-
-    df = sub.add_parser("diff", help="the ranked environment differences of two runs")
-    df.add_argument("run_a")
-    df.add_argument("run_b")
-    df.add_argument("--tracking-uri")
-    df.set_defaults(func=_cmd_diff)
-
-    bd = sub.add_parser("bundle", help="bundle export RUN -o FILE: a run, replayable offline")
-    bd.add_argument("action", choices=["export"])
-    bd.add_argument("run")
-    bd.add_argument("-o", "--output", required=True, help="the bundle file (.tar.gz)")
-    bd.add_argument("--tracking-uri")
-    bd.set_defaults(func=_cmd_bundle)
-
-    sub.add_parser("capture", help="print the run manifest of this environment "
-                                   "(replab capture --help)")
-    return p
+    return cli_parser.build_parser({
+        "series": _cmd_series, "demo": _cmd_demo, "config": _cmd_config, "lab": _cmd_lab,
+        "run": _cmd_run, "replay": _cmd_replay, "verify": _cmd_verify, "diff": _cmd_diff,
+        "bundle": _cmd_bundle}, __doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return capture.main(argv[1:])
     args = build_parser().parse_args(argv)
+    _absolute_args(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -343,10 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(str(exc))
         return 2
     except (CloudError, ResourceTimeout) as exc:
-        _err(str(exc))
+        _err(_naming_server(args, exc))
         return 3
     except ReplayError as exc:
-        _err(str(exc))
+        _err(_naming_server(args, exc))
         return 4
     except ReplabError as exc:
         _err(str(exc))
@@ -354,6 +372,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+
+
+def _naming_server(args, exc: Exception) -> str:
+    """The message, with the tracking server asked (and where it came from) when the
+    message does not name it already."""
+    uri, where = getattr(args, "server", (None, ""))
+    text = str(exc)
+    if uri and uri not in text:
+        text = f"{text} (tracking server {uri}, from {where})"
+    return text
 
 
 if __name__ == "__main__":

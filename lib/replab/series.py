@@ -9,6 +9,7 @@ the notebook and the cell (as papermill does, evidence first, then the error).
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from . import parampaths
 from .errors import ConfigError, NotebookFailed
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,13 @@ logging.getLogger("papermill").addFilter(_InjectedPathsFilter())
 NOTEBOOK_RE = re.compile(r"^(\d+)_[A-Za-z0-9_]+\.ipynb$")
 ROOT = Path(__file__).resolve().parents[2]  # the artifact's root (…/lib/replab -> …)
 
+# Headless kernels log nothing below CRITICAL to the console: ipykernel warns on every start
+# that it listens on TCP without encryption (it binds 127.0.0.1, papermill's kernel manager
+# chooses the transport), and jupyter_client interrupts (SIGINT) every kernel it shuts down,
+# which ipykernel logs as "KeyboardInterrupt caught in kernel". Neither is the notebook's
+# doing; a cell's errors are in the executed notebook and in NotebookFailed.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
+
 
 @dataclass
 class NotebookRun:
@@ -52,6 +61,7 @@ class NotebookRun:
 class SeriesResult:
     run_dir: str
     runs: list[NotebookRun]
+    workdir: str = ""
 
     @property
     def ok(self) -> bool:
@@ -119,6 +129,19 @@ def declared_parameters(notebook: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(notebook)))
 
 
+def check_known(params: Mapping[str, Any], declared: Mapping[str, set[str]]) -> None:
+    """Raise ConfigError for a parameter no notebook of the series declares, naming the
+    closest declared one (a typo must not be ignored silently)."""
+    known = set().union(*declared.values()) | {"workdir"}
+    problems = []
+    for key in sorted(set(params) - known):
+        near = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(sorted(known))}"
+        problems.append((key, f"not a parameter of any notebook in the series; {hint}"))
+    if problems:
+        raise ConfigError(problems, source="the series parameters")
+
+
 def run_series(
     params: Mapping[str, Any] | None = None,
     *,
@@ -129,33 +152,38 @@ def run_series(
     progress: Callable[[str], None] | None = None,
     kernel_name: str | None = None,
     stamp: str | None = None,
+    base: str | os.PathLike | None = None,
 ) -> SeriesResult:
     """Execute the selected notebooks in order with ``params``.
 
-    ``workdir`` (default: ``params['workdir']`` or ``work``) is made absolute and passed to
-    every notebook that declares it. Raises NotebookFailed at the first failing notebook,
-    after writing its executed copy; ConfigError for bad selectors or parameters.
+    ``workdir`` (default: ``params['workdir']`` or ``work``) and every other path parameter
+    (``repo``, ``clouds_file``, keys, a bundle ``run``; see :mod:`replab.parampaths`) are made
+    absolute against ``base`` (default: the current directory) and passed to the notebooks
+    that declare them, so an executed notebook re-runs from anywhere. Raises ConfigError for
+    bad selectors and for a parameter no notebook of the series declares (before running
+    anything); NotebookFailed at the first failing notebook, after writing its executed copy.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     root = Path(root) if root else default_root()
     params = dict(params or {})
-    wd = Path(workdir or params.get("workdir") or "work").expanduser().resolve()
-    params["workdir"] = str(wd)
-    notebooks = select(find_notebooks(root), only, start)
+    params["workdir"] = workdir or params.get("workdir") or "work"
+    params = parampaths.absolute_paths(params, base)
+    wd = Path(params["workdir"])
+    every = find_notebooks(root)
+    notebooks = select(every, only, start)
     if not notebooks:
         raise ConfigError([("notebooks", f"no numbered notebooks found in {root}")])
+    declared = {nb.stem: declared_parameters(nb) for nb in every}
+    check_known(params, declared)
     stamp = stamp or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = wd / "runs" / stamp
     run_dir.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda _msg: None)
-    result = SeriesResult(run_dir=str(run_dir), runs=[])
-    unused = set(params) - {"workdir"}
+    result = SeriesResult(run_dir=str(run_dir), runs=[], workdir=str(wd))
     for i, nb in enumerate(notebooks, 1):
-        declared = declared_parameters(nb)
-        given = {k: v for k, v in params.items() if k in declared}
-        unused -= set(given)
+        given = {k: v for k, v in params.items() if k in declared[nb.stem]}
         out = run_dir / nb.name
         say(f"[{i}/{len(notebooks)}] {nb.stem} ...")
         t0 = time.monotonic()
@@ -166,6 +194,7 @@ def run_series(
             papermill.execute_notebook(
                 str(nb), str(out), parameters={**given, **paths}, cwd=str(Path(root)),
                 kernel_name=kernel_name, progress_bar=False, log_output=False,
+                extra_arguments=KERNEL_ARGUMENTS,
             )
         except PapermillExecutionError as exc:
             dt = time.monotonic() - t0
@@ -177,8 +206,6 @@ def run_series(
         dt = time.monotonic() - t0
         result.runs.append(NotebookRun(nb.stem, str(out), dt, True, given))
         say(f"[{i}/{len(notebooks)}] {nb.stem} ok ({dt:.1f}s) -> {out}")
-    if unused:
-        log.warning("parameters no notebook declares: %s", ", ".join(sorted(unused)))
     return result
 
 
