@@ -6,6 +6,7 @@ credentials store. Pure functions on strings; none of them raises on odd input.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -24,39 +25,47 @@ ELLIPSIS = "…"
 # Schemes whose user name is part of the address, not a credential (ssh://git@host/x).
 _USER_SCHEMES = {"ssh", "git+ssh", "ssh+git", "sftp", "scp"}
 
-_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>[^\s\"'<>]+)")
+_URL = r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>[^\s\"'<>]+)"
 # Known token shapes, each with literal triggers: the regex runs only when one occurs in the
-# text (a plain substring test is far cheaper than a regex scan of a 60 KiB file).
-_TOKEN_RULES = [
-    (triggers, re.compile(p))
-    for triggers, p in (
-        (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
-         r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{20,}"),  # GitHub
-        (("github_pat_",), r"\bgithub_pat_[A-Za-z0-9_]{20,}"),
-        (("glpat-",), r"\bglpat-[A-Za-z0-9_\-]{16,}"),  # GitLab
-        (("hf_",), r"\bhf_[A-Za-z0-9]{20,}"),  # Hugging Face
-        (("sk-",), r"\bsk-[A-Za-z0-9_\-]{20,}"),  # OpenAI-style API keys
-        (("xox",), r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"),  # Slack
-        (("AKIA", "ASIA"), r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key ids
-        (("eyJ",), r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),  # JWT
-        (("PRIVATE KEY-----",),
-         r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"),
-    )
-]
+# text (a plain substring test is far cheaper than a regex scan of a 60 KiB file). Patterns
+# are compiled on first use (_re), not at import: `replab capture` starts faster.
+_TOKEN_RULES = (
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+     r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{20,}"),  # GitHub
+    (("github_pat_",), r"\bgithub_pat_[A-Za-z0-9_]{20,}"),
+    (("glpat-",), r"\bglpat-[A-Za-z0-9_\-]{16,}"),  # GitLab
+    (("hf_",), r"\bhf_[A-Za-z0-9]{20,}"),  # Hugging Face
+    (("sk-",), r"\bsk-[A-Za-z0-9_\-]{20,}"),  # OpenAI-style API keys
+    (("xox",), r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"),  # Slack
+    (("AKIA", "ASIA"), r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key ids
+    (("eyJ",), r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),  # JWT
+    (("PRIVATE KEY-----",),
+     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"),
+)
+
+
+@functools.cache
+def _re(pattern: str, flags: int = 0) -> re.Pattern:
+    return re.compile(pattern, flags)
+
+
+def token_triggers() -> tuple[str, ...]:
+    """The literal strings one of which every known token shape holds."""
+    return tuple(t for triggers, _ in _TOKEN_RULES for t in triggers)
 
 
 def _token_patterns(text: str) -> list[re.Pattern]:
-    return [p for triggers, p in _TOKEN_RULES if any(t in text for t in triggers)]
+    return [_re(p) for triggers, p in _TOKEN_RULES if any(t in text for t in triggers)]
 
 
 def _urls_with_credentials(text: str) -> bool:
     if "://" not in text or "@" not in text:
         return False
-    return any(_url_has_credentials(m["scheme"], m["rest"]) for m in _URL.finditer(text))
+    return any(_url_has_credentials(m["scheme"], m["rest"]) for m in _re(_URL).finditer(text))
 
 
 # `token=<blob>` in query strings, config lines, command lines.
-_ASSIGNED = re.compile(
+_ASSIGNED = (
     r"(?i)\b(?P<key>[a-z0-9_\-]*(?:token|secret|password|passwd|api[_\-]?key|apikey"
     r"|access[_\-]?key|private[_\-]?key|sig|signature|auth|credential)s?)"
     r"(?P<sep>\s*[=:]\s*)(?P<val>[^\s&;,\"']{8,})"
@@ -74,7 +83,7 @@ def mask(value: Any, show: int = 4) -> str:
     return text[:keep] + ELLIPSIS
 
 
-_NAME_PART = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+_NAME_PART = r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])"
 
 
 def secret_name(name: str | None) -> bool:
@@ -82,7 +91,7 @@ def secret_name(name: str | None) -> bool:
     ``apiKey``, ``DB_PASSWORD``), by the rules above."""
     if not name:
         return False
-    parts = [p.upper() for p in _NAME_PART.findall(str(name))]
+    parts = [p.upper() for p in _re(_NAME_PART).findall(str(name))]
     for i, part in enumerate(parts):
         if any(word in part for word in SECRET_PART_WORDS):
             return True
@@ -112,7 +121,7 @@ def secret_value(value: Any) -> bool:
     text = str(value)
     if has_credentials(text):
         return True
-    return _ASSIGNED.search(text) is not None
+    return _re(_ASSIGNED).search(text) is not None
 
 
 def has_credentials(text: str) -> bool:
@@ -121,7 +130,7 @@ def has_credentials(text: str) -> bool:
     return _urls_with_credentials(text) or any(p.search(text) for p in _token_patterns(text))
 
 
-_SECRET_FILE = re.compile(
+_SECRET_FILE = (
     r"(?i)^(\.env(\..+)?|.+\.env|.+\.(pem|key|p12|pfx|kdbx|jks|keystore)"
     r"|id_(rsa|dsa|ecdsa|ed25519)(\.pub)?|\.netrc|_netrc|\.pgpass|\.htpasswd|\.git-credentials"
     r"|clouds\.ya?ml|secure\.ya?ml|rclone\.conf|.*openrc.*|app-cred-.*)$")
@@ -133,7 +142,7 @@ def secret_file(path: str, text: str | None = None) -> bool:
     """Whether a file, by its name (``.env``, ``id_rsa``, ``clouds.yaml``, ``api_token.txt``)
     or its ``text`` (:func:`has_credentials`), probably holds a secret."""
     name = re.split(r"[/\\]", str(path))[-1]
-    if _SECRET_FILE.match(name):
+    if _re(_SECRET_FILE).match(name):
         return True
     stem, dot, suffix = name.rpartition(".")
     if not dot:
@@ -156,7 +165,7 @@ def strip_url_credentials(url: str) -> str:
     """
     if not isinstance(url, str):
         return url
-    return _URL.sub(_strip_match, url)
+    return _re(_URL).sub(_strip_match, url)
 
 
 def _strip_match(m: re.Match) -> str:
@@ -183,30 +192,13 @@ def redact_credentials(text: str) -> str:
     return out
 
 
-def redact_added_lines(diff: str) -> tuple[str, int]:
-    """A unified diff with known token shapes and URL credentials masked in its added lines
-    (``+``), and how many lines changed. Context and removed lines stay as they are, so the
-    diff still applies to its base commit (which holds them already)."""
-    if not isinstance(diff, str) or not diff:
-        return diff, 0
-    lines = diff.split("\n")
-    changed = 0
-    for i, line in enumerate(lines):
-        if line.startswith("+") and not line.startswith("+++ "):
-            masked = "+" + redact_credentials(line[1:])
-            if masked != line:
-                lines[i] = masked
-                changed += 1
-    return "\n".join(lines), changed
-
-
 def redact_text(text: str) -> str:
     """``text`` with every secret inside it hidden (:func:`redact_credentials`, and the value
     of ``token=…``-style assignments); the rest stays readable."""
     if not isinstance(text, str) or not text:
         return text
     out = redact_credentials(text)
-    return _ASSIGNED.sub(lambda m: f"{m['key']}{m['sep']}{mask(m['val'])}", out)
+    return _re(_ASSIGNED).sub(lambda m: f"{m['key']}{m['sep']}{mask(m['val'])}", out)
 
 
 def scrub_text(text: str, environ: Mapping[str, str] | None = None) -> str:

@@ -18,7 +18,8 @@ from typing import Any
 
 from replab.capture import Context, Skip, capture
 from replab.capture._util import run, sha256_file
-from replab.redact import redact_added_lines, secret_file, strip_url_credentials
+from replab.redact import secret_file, strip_url_credentials
+from replab.secretmask import GIT_ATTRIBUTE, mask_added_lines, mask_text
 
 log = logging.getLogger(__name__)
 
@@ -140,32 +141,57 @@ def _pick_remote(remotes: dict[str, str], upstream: str | None) -> str | None:
     return min(remotes) if remotes else None
 
 
+def no_mask_paths(root: str, paths: list[str]) -> set[str]:
+    """The ``paths`` (relative to ``root``) whose git attribute ``replab-no-mask`` is set: the
+    per-file opt-out of assignment masking. One git call, made only when something was
+    masked; a failing call opts nothing out (masking is the safe side)."""
+    if not paths:
+        return set()
+    try:
+        raw = git(["check-attr", "-z", GIT_ATTRIBUTE, "--", *paths], cwd=root)
+    except GitError as exc:
+        log.warning("cannot read the %s attribute (%s): masking every file", GIT_ATTRIBUTE, exc)
+        return set()
+    fields = [os.fsdecode(f) for f in raw.split(b"\0")]  # path, attribute, value, ...
+    return {fields[i] for i in range(0, len(fields) - 2, 3)
+            if fields[i + 2] not in ("unspecified", "unset", "false")}
+
+
 def _diff(ctx: Context, root: str, commit: str | None) -> dict[str, Any]:
     if commit is None:  # no commits yet: diff against the empty tree
         base = git(["hash-object", "-t", "tree", "--stdin"], cwd=root).decode().strip()
     else:
         base = "HEAD"
     raw = git([*_DIFF_ARGS, base], cwd=root)
+    # Mask what the added lines hold before anything keeps the diff: the manifest, the
+    # attachment of a big diff, the base64 of a non-UTF-8 one. surrogateescape carries bytes
+    # that are not UTF-8 through unchanged.
+    text = raw.decode("utf-8", "surrogateescape")
+    masked = mask_added_lines(text)
+    if masked.paths:
+        keep = no_mask_paths(root, list(masked.paths))
+        if keep:
+            masked = mask_added_lines(text, keep=keep)
+    if masked.lines:
+        raw = masked.diff.encode("utf-8", "surrogateescape")
+        log.warning("the uncommitted changes add %d line(s) holding what looks like a secret "
+                    "(a token, a key, a URL with a password, a password = ... assignment): "
+                    "masked in the run record; read secrets from the environment instead "
+                    "(or mark a false positive with '%s')", masked.lines, "replab: no-mask")
+    # the record holds (and its hash covers) the diff as masked
     out: dict[str, Any] = {"diff_sha256": hashlib.sha256(raw).hexdigest(), "diff_bytes": len(raw)}
+    if masked.lines:
+        out["diff_secrets_masked"] = masked.lines
     if len(raw) > int(ctx.option("diff_max_bytes", DIFF_MAX_BYTES)):
         out["diff"] = None
         out["diff_attachment"] = ctx.attach("git-diff.patch", raw)
         log.info("git diff is %d bytes: kept out of the manifest", len(raw))
         return out
     try:
-        text = raw.decode("utf-8")
+        out["diff"] = raw.decode("utf-8")
     except UnicodeDecodeError:  # a text file in another encoding: keep the exact bytes
         out["diff"] = None
         out["diff_base64"] = base64.b64encode(raw).decode("ascii")
-        return out
-    masked, count = redact_added_lines(text)
-    if count:  # the record holds (and its hash covers) the diff as masked
-        log.warning("the uncommitted changes add %d line(s) holding what looks like a secret "
-                    "(a token, a key, a URL with a password): masked in the run record; "
-                    "read secrets from the environment instead", count)
-        out.update(diff_sha256=hashlib.sha256(masked.encode()).hexdigest(),
-                   diff_bytes=len(masked.encode()), diff_secrets_masked=count)
-    out["diff"] = masked
     return out
 
 
@@ -178,15 +204,29 @@ def _is_text(data: bytes) -> str | None:
         return None
 
 
+def _mask_entry(entry: dict[str, Any], text: str,
+                masked: dict[str, tuple[dict[str, Any], str, str]]) -> None:
+    """Mask the secret-looking assignments of an inlined file. Its sha256 then covers the
+    content as recorded, as the diff's does: a replay restores that content, and a hash of a
+    small file must not let anyone test guesses of the secret."""
+    content, count = mask_text(text, entry["path"])
+    if count:
+        masked[entry["path"]] = (entry, text, entry["sha256"])
+        entry.update(content=content, secrets_masked=count,
+                     sha256=hashlib.sha256(content.encode()).hexdigest())
+
+
 def untracked_files(ctx: Context, root: str, paths: list[str]) -> dict[str, Any]:
     """Sizes, sha256 and (for small text files, within the caps) the content of the
-    untracked files ``paths`` (relative to ``root``). Unreadable files are listed with the
-    reason; raises nothing for them."""
+    untracked files ``paths`` (relative to ``root``), secret-looking assignments masked
+    (``secrets_masked``: how many lines) unless the file opts out. Unreadable files are
+    listed with the reason; raises nothing for them."""
     per_file = int(ctx.option("untracked_max_bytes", UNTRACKED_MAX_BYTES))
     total_cap = int(ctx.option("untracked_total_bytes", UNTRACKED_TOTAL_BYTES))
     max_files = int(ctx.option("untracked_max_files", UNTRACKED_MAX_FILES))
     hash_cap = int(ctx.option("untracked_hash_max_bytes", UNTRACKED_HASH_MAX_BYTES))
     files: list[dict[str, Any]] = []
+    masked: dict[str, tuple[dict[str, Any], str, str]] = {}  # path -> (entry, text, sha256)
     inlined = 0
     for rel in sorted(paths)[:max_files]:
         full = os.path.join(root, rel)
@@ -219,8 +259,17 @@ def untracked_files(ctx: Context, root: str, paths: list[str]) -> dict[str, Any]
             else:
                 entry["content"] = text
                 inlined += len(data)
+                _mask_entry(entry, text, masked)
         except OSError as exc:
             entry["error"] = f"{type(exc).__name__}: {exc.strerror or exc}"
+    if masked:
+        for path in no_mask_paths(root, list(masked)):  # the opt-out: back as it is
+            entry, text, digest = masked.pop(path)
+            entry["content"], entry["sha256"] = text, digest
+            del entry["secrets_masked"]
+    if masked:
+        log.warning("%d untracked file(s) hold what looks like a password = ... assignment "
+                    "(%s): masked in the run record", len(masked), ", ".join(sorted(masked)))
     return {
         "untracked": files,
         "untracked_count": len(paths),

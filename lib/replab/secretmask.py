@@ -1,0 +1,329 @@
+"""Mask secrets in the code a run record keeps: the lines an uncommitted diff adds and the
+small untracked text files it inlines.
+
+Two kinds of secret are masked (value replaced by :func:`replab.redact.mask`, ``"hunt…"``):
+
+- strong shapes, everywhere (:func:`replab.redact.redact_credentials`): known token shapes
+  (``ghp_…``, ``hf_…``, ``AKIA…``, JWTs, private keys) and credentials in URLs;
+- secret-looking assignments (:func:`mask_assignments`): a key whose last word names a secret
+  with a literal value, in the forms ``KEY=value``, ``key: value``, ``"key": "value"``,
+  ``key = 'value'``, ``["key"] = "value"``, ``key: str = "value"``, ``--key value`` and
+  ``--key=value`` (env files, YAML, JSON, INI, TOML, shell, Python, notebooks).
+
+The rule for assignments (README, "What a run record masks"):
+
+- key: its last word (``_ - .`` and camelCase split it) holds PASSWORD, PASSWD, PASSPHRASE,
+  SECRET or CREDENTIAL, or is CREDS, AUTH (``BASIC_AUTH``, ``oauth``), AUTHORIZATION, ends
+  with TOKEN (not ``pad_token``, ``eos_token`` and the other special tokens of tokenizers),
+  or is KEY after API, ACCESS, PRIVATE, SECRET, SIGNING, ENCRYPTION, ... (``api_key``,
+  ``AWS_SECRET_ACCESS_KEY``; not ``sort_key``). A trailing B64/BASE64/HEX/VALUE/BASE word
+  is skipped (``ENCRYPTION_KEY_B64``, ``secret_key_base``). ``password_file``,
+  ``token_count``, ``max_tokens``, ``tokenizer``, ``auth_url`` are not secret keys.
+- value: a non-empty literal. Not masked: empty strings; ``None``/``null``/``true``/...;
+  references and templates (``$VAR``, ``${VAR}``, ``$(cmd)``, ``%(x)s``, ``{x}``, ``{{ x }}``,
+  ``<your-token>``, ``[CLS]``); values already masked (holding ``…``); quoted values with
+  leading or trailing blanks (the gap between two strings, ``"Password: " + x``); and bare
+  (unquoted) values that are expressions (``os.environ["X"]``, ``getpass()``) or YAML tags and
+  aliases. In code files (``.py``, ``.ipynb``, ``.js``, ...) only quoted literals count: a bare
+  word there is a variable (``password = pw``); ``--flag value`` counts everywhere.
+- opt-out: a line holding ``replab: no-mask`` (in a comment) keeps its assignments; a file with
+  the git attribute ``replab-no-mask`` (``.gitattributes`` or ``.git/info/attributes``) keeps
+  all of them (the git capture checks it, see ``keep=``). Strong shapes are always masked.
+
+Speed: one compiled regex of the trigger words scans the whole text once (C speed); only lines
+holding a trigger are examined further, so a 14 MB diff costs about what one regex pass does.
+Regexes are compiled on first use, not at import (``replab capture`` starts fast).
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import re
+from bisect import bisect_right
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+
+from .redact import ELLIPSIS, mask, redact_credentials, token_triggers
+
+PRAGMA = "replab: no-mask"  # on a line: leave its assignments unmasked
+GIT_ATTRIBUTE = "replab-no-mask"  # on a file (.gitattributes): leave its assignments unmasked
+
+_SECRET_IN_LAST = ("PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "CREDENTIAL")
+_KEY_OWNERS = {"API", "ACCESS", "PRIVATE", "SECRET", "SIGNING", "SIGN", "ENCRYPTION", "MASTER",
+               "CLIENT", "AUTH", "ACCOUNT", "SSH", "LICENSE", "SUBSCRIPTION", "STORAGE",
+               "SERVICE", "DEPLOY", "WEBHOOK", "APP"}
+_JOINED_KEYS = {"APIKEY", "ACCESSKEY", "PRIVATEKEY", "SECRETKEY", "SIGNINGKEY"}
+# Tokenizers' special tokens and other non-credential tokens: pad_token = "<pad>".
+_NON_SECRET_TOKENS = {"PAD", "EOS", "BOS", "UNK", "SEP", "CLS", "MASK", "START", "END", "STOP",
+                      "SPECIAL", "BLANK", "EOT", "NEWLINE", "SPACE", "DECODER", "BEGIN",
+                      "PREFIX", "SUFFIX", "MIDDLE", "IMAGE", "NEXT", "PAGE"}
+_SKIPPED_LAST = {"B64", "BASE64", "HEX", "VALUE", "BASE"}
+_NULLS = {"none", "null", "nil", "true", "false", "yes", "no", "on", "off", "~", "undefined",
+          "n/a"}
+# Files where a bare word after `=` is a name, not a literal.
+CODE_SUFFIXES = frozenset({
+    ".py", ".pyi", ".pyx", ".ipynb", ".r", ".jl", ".c", ".cc", ".cpp", ".cxx", ".h", ".hpp",
+    ".cu", ".cuh", ".rs", ".go", ".java", ".kt", ".scala", ".js", ".mjs", ".cjs", ".jsx", ".ts",
+    ".tsx", ".rb", ".php", ".swift", ".cs", ".m", ".lua", ".pl", ".dart"})
+
+# Trigger words: a line without one cannot hold a secret this module masks.
+_ASSIGN_TRIGGERS = ("passw", "passphrase", "secret", "token", "key", "auth", "credential",
+                    "creds")
+
+
+@functools.cache
+def _re(pattern: str, flags: int = 0) -> re.Pattern:
+    return re.compile(pattern, flags)
+
+
+def _triggers() -> re.Pattern:
+    words = sorted({*_ASSIGN_TRIGGERS, *token_triggers(), "://"}, key=len, reverse=True)
+    return _re("|".join(re.escape(w) for w in words), re.IGNORECASE)
+
+
+def _assignment() -> re.Pattern:
+    return _re(r"""
+    (?:
+        (?<![\w\-])--(?P<flag>[A-Za-z][\w.\-]*)(?P<fsep>=|[ \t]+)
+      |
+        (?<![\w.\-"'\\$])
+        (?P<kq>\\?["']|)(?P<key>\$?[A-Za-z_][\w.\-]*)(?P=kq)\]?
+        (?P<sep>
+            [ \t]*:[ \t]*[A-Za-z_][\w.\[\], |]*?[ \t]*=(?![=~>])[ \t]*   # name: str = "x"
+          | [ \t]*(?:[?+:]?=)(?![=~>])[ \t]*                           # = ?= += :=
+          | [ \t]*:(?![:=])[ \t]*                                      # key: value
+        )
+    )
+    (?:
+        (?P<pre>[rRbBuU]{0,2})
+        (?: "(?P<dq>(?:[^"\\\n]|\\.)*)"
+          | '(?P<sq>(?:[^'\\\n]|\\.)*)'
+          | \\"(?P<eq>(?:[^"\\\n]|\\[^"\n])*)\\"
+        )
+        (?=[ \t\r,;)\]}\#\\]|$)
+      |
+        (?P<bare>[^\s"'`,;\\\#][^\s"'`,;\\]*(?:[ \t]+[^\s"'`,;\\\#=:\-][^\s"'`,;\\]*)*)
+    )
+    """, re.VERBOSE)
+
+
+def _parts(key: str) -> list[str]:
+    return [p.upper() for p in _re(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])").findall(key)]
+
+
+def secret_key(key: str) -> bool:
+    """Whether an assignment's key names a secret (the rule in the module docstring)."""
+    parts = _parts(key)
+    while len(parts) > 1 and parts[-1] in _SKIPPED_LAST:
+        parts.pop()
+    if not parts:
+        return False
+    last, prev = parts[-1], (parts[-2] if len(parts) > 1 else "")
+    if any(word in last for word in _SECRET_IN_LAST) or last == "CREDS":
+        return True
+    if last.endswith("TOKEN"):
+        return prev not in _NON_SECRET_TOKENS
+    if last.endswith("AUTH") or last == "AUTHORIZATION":
+        return True
+    if last == "KEY":
+        return prev in _KEY_OWNERS
+    return last in _JOINED_KEYS
+
+
+def literal_value(value: str, *, quoted: bool) -> bool:
+    """Whether an assignment's value is a literal worth masking (not empty, not a reference,
+    a template, a placeholder, an expression or a value masked already)."""
+    if not value or value != value.strip() or ELLIPSIS in value:
+        return False
+    if value.lower() in _NULLS:
+        return False
+    first, last = value[0], value[-1]
+    if first == "$" and len(value) > 1 and (value[1] in "{(" or value[1].isalpha()
+                                             or value[1] == "_"):
+        return False
+    if first == "%" and _re(r"%(?:\(\w+\)[a-z]|\w+%|[a-z])$").match(value):
+        return False
+    if (first, last) in (("{", "}"), ("<", ">"), ("[", "]")):
+        return False
+    if not quoted:
+        if first in "!*&|>":  # YAML tags, aliases, anchors, block scalars
+            return False
+        if _re(r"[A-Za-z_][\w.]*[ \t]*[(\[]").match(value):  # a call or a subscript
+            return False
+    return True
+
+
+def _mask_value(value: str) -> str:
+    kept = mask(value)[:-1]
+    if "\\" in kept:  # never cut an escape sequence in two
+        kept = kept[:kept.index("\\")]
+    return kept + ELLIPSIS
+
+
+def mask_assignments(line: str, *, code: bool = False) -> str:
+    """``line`` with the values of secret-looking assignments masked. ``code``: the line is
+    from a code file, where only quoted literals (and ``--flag value``) count."""
+    if PRAGMA in line:
+        return line
+    pattern = _assignment()
+    out: list[str] = []
+    pos = last = 0
+    while (m := pattern.search(line, pos)) is not None:
+        masked = _masked_match(m, code)
+        if masked is None:  # not a secret: look on inside it (`cmd = "x --token abc"`)
+            pos = m.end("fsep") if m["flag"] is not None else m.end("sep")
+            continue
+        out += (line[last:m.start()], masked)
+        pos = last = m.end()
+    if not out:
+        return line
+    out.append(line[last:])
+    return "".join(out)
+
+
+def _masked_match(m: re.Match, code: bool) -> str | None:
+    """The match with its value masked, or None when it is not a secret assignment."""
+    whole = m.group(0)
+    flag = m["flag"]
+    key = flag if flag is not None else m["key"]
+    if not secret_key(key):
+        return None
+    if flag is None and not m["kq"] and m["sep"].endswith(":") and m["bare"] is not None:
+        return None  # `key:value` without a blank is a YAML scalar or a URL, not a mapping
+    for group in ("dq", "sq", "eq"):
+        value = m[group]
+        if value is not None:
+            if not literal_value(value, quoted=True):
+                return None
+            start, end = m.span(group)
+            base = m.start()
+            return whole[:start - base] + _mask_value(value) + whole[end - base:]
+    value = m["bare"]
+    if flag is not None:
+        value = value.split()[0]  # --flag takes one word; what follows is the next argument
+        if value.startswith("-"):
+            return None  # the next flag: this one has no value
+    elif code:
+        return None
+    if not literal_value(value, quoted=False):
+        return None
+    start = m.start("bare") - m.start()
+    return whole[:start] + _mask_value(value) + whole[start + len(value):]
+
+
+def is_code(path: str) -> bool:
+    """Whether ``path`` is a code file, by its suffix (see :data:`CODE_SUFFIXES`)."""
+    name = path.rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in CODE_SUFFIXES
+
+
+def _candidate_lines(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each line of ``text`` holding a trigger word, once, in order."""
+    done = -1
+    for m in _triggers().finditer(text):
+        pos = m.start()
+        if pos < done:
+            continue
+        start = text.rfind("\n", 0, pos) + 1
+        end = text.find("\n", pos)
+        done = end = len(text) if end < 0 else end
+        yield start, end
+
+
+def mask_text(text: str, path: str = "") -> tuple[str, int]:
+    """A file's ``text`` with secret-looking assignments masked, and how many lines changed.
+    ``path`` tells code from configuration (:func:`is_code`)."""
+    if not isinstance(text, str) or not text:
+        return text, 0
+    code = is_code(path)
+    out: list[str] = []
+    last = changed = 0
+    for start, end in _candidate_lines(text):
+        line = text[start:end]
+        new = mask_assignments(line, code=code)
+        if new != line:
+            out += (text[last:start], new)
+            last = end
+            changed += 1
+    if not changed:
+        return text, 0
+    out.append(text[last:])
+    return "".join(out), changed
+
+
+@dataclass(frozen=True)
+class MaskedDiff:
+    """What :func:`mask_added_lines` did: the diff, how many added lines changed, and the
+    files whose assignments were masked (for the per-file opt-out)."""
+
+    diff: str
+    lines: int
+    paths: tuple[str, ...]
+
+
+def _unquote(name: str) -> str:
+    """A path as git prints it in a diff header (C-quoted when unusual) -> the path."""
+    name = name.rstrip("\t")  # git ends a name holding a blank with a tab
+    if len(name) > 1 and name[0] == name[-1] == '"':
+        raw = codecs.escape_decode(name[1:-1].encode("ascii", "backslashreplace"))[0]
+        name = raw.decode("utf-8", "surrogateescape")
+    return name[2:] if name.startswith("b/") else name
+
+
+def _sections(diff: str) -> tuple[list[int], list[tuple[int, str]]]:
+    """The start of each file of a git diff, and for each its first hunk (-1: none) and path."""
+    starts: list[int] = []
+    info: list[tuple[int, str]] = []
+    pos = 0 if diff.startswith("diff --git ") else diff.find("\ndiff --git ")
+    while pos >= 0:
+        start = pos if diff.startswith("diff --git ", pos) else pos + 1
+        following = diff.find("\ndiff --git ", start)
+        limit = len(diff) if following < 0 else following
+        hunk = diff.find("\n@@ ", start, limit)
+        header = diff[start:limit if hunk < 0 else hunk]
+        plus = header.find("\n+++ ")
+        path = ""
+        if plus >= 0:
+            line_end = header.find("\n", plus + 1)
+            path = _unquote(header[plus + 5:None if line_end < 0 else line_end])
+        starts.append(start)
+        info.append((-1 if hunk < 0 else hunk + 1, path))
+        pos = following
+    return starts, info
+
+
+def mask_added_lines(diff: str, keep: Collection[str] = ()) -> MaskedDiff:
+    """A git diff with strong shapes and secret-looking assignments masked in the lines it
+    adds (``+`` in a hunk). Context and removed lines stay as they are, so the diff still
+    applies to its base commit. ``keep``: paths whose assignments stay (the opt-out)."""
+    if not isinstance(diff, str) or not diff:
+        return MaskedDiff(diff, 0, ())
+    starts, info = _sections(diff)
+    out: list[str] = []
+    paths: list[str] = []
+    last = changed = 0
+    for start, end in _candidate_lines(diff):
+        if not diff.startswith("+", start):
+            continue
+        i = bisect_right(starts, start) - 1
+        if i < 0 or info[i][0] < 0 or start < info[i][0]:
+            continue  # a header line (+++ b/...), not an added one
+        path = info[i][1]
+        line = diff[start + 1:end]
+        new = redact_credentials(line)
+        if path not in keep:
+            assigned = mask_assignments(new, code=is_code(path))
+            if assigned != new:
+                new = assigned
+                if not paths or paths[-1] != path:
+                    paths.append(path)
+        if new != line:
+            out += (diff[last:start + 1], new)
+            last = end
+            changed += 1
+    if not changed:
+        return MaskedDiff(diff, 0, ())
+    out.append(diff[last:])
+    return MaskedDiff("".join(out), changed, tuple(dict.fromkeys(paths)))
