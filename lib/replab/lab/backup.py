@@ -305,7 +305,7 @@ def is_empty(db: Database) -> bool:
 
 
 def _pg_tool(name: str) -> str:
-    from .local import pg_binary
+    from .localpg import pg_binary
 
     try:
         return pg_binary(name)
