@@ -10,8 +10,8 @@ all through :func:`wait_for` and its injectable clock. :func:`plan` lists every 
 :func:`provision` (2_provision) would make, without making any; :class:`State` is
 ``<workdir>/state.json``, the teardown inventory.
 
-Modules: ``leases`` (Blazar), ``compute`` (Nova, Neutron, Glance), ``provision`` (plan and
-provision), ``state``.
+Modules: ``leases`` (Blazar), ``availability`` (when a lease could start), ``compute`` (Nova,
+Neutron, Glance), ``provision`` (plan and provision), ``state``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ._common import wait_for
+from ._common import Whoami, not_mine, wait_for, whoami
+from .availability import Slot, next_free_slot
 from .compute import (
     DEFAULT_NETWORK,
     DEFAULT_RULES,
     PUBLIC_NETWORK,
     SSH,
     Rule,
+    allocate_floating_ip,
     associate_floating_ip,
     delete_keypair,
     delete_security_group,
@@ -48,19 +50,19 @@ from .compute import (
 )
 from .leases import (
     EXTENSION_WINDOW_HOURS,
+    FLOATING_IP_MODES,
     LeaseWindow,
-    Slot,
     delete_lease,
     ensure_lease,
     extend_lease,
     extension_problem,
+    failure_reasons,
     find_lease,
     fip_reservation_ids,
     get_lease,
     lease_body,
     lease_end_bounds,
     lease_window,
-    next_free_slot,
     reservations,
     reservations_for,
     server_reservation_id,
@@ -105,7 +107,9 @@ def connect(cfg, *, env: Mapping[str, str] | None = None, cloud: str | None = No
 
 
 __all__ = [
-    "Clients", "DEFAULT_NETWORK", "DEFAULT_RULES", "EXTENSION_WINDOW_HOURS", "LeaseWindow",
+    "Clients", "DEFAULT_NETWORK", "DEFAULT_RULES", "EXTENSION_WINDOW_HOURS",
+    "FLOATING_IP_MODES", "LeaseWindow", "Whoami", "allocate_floating_ip", "failure_reasons",
+    "not_mine", "whoami",
     "PUBLIC_NETWORK", "PlannedCall", "Provisioned", "Rule", "SSH", "STATE_FILE", "Slot",
     "State", "associate_floating_ip", "clients", "connect", "delete_keypair", "delete_lease",
     "delete_security_group", "delete_server", "ensure_keypair", "ensure_lease",

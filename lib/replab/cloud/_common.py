@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import CloudError, ResourceTimeout
@@ -174,3 +175,47 @@ def blazar_time(t: _dt.datetime) -> str:
 
 def iso(t: _dt.datetime) -> str:
     return as_utc(t).isoformat(timespec="seconds")
+
+
+# -- who is calling ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Whoami:
+    """The caller, from the Keystone token of the clients' session (no extra call).
+
+    ``restricted``: the token comes from an application credential that is restricted
+    (Keystone's token says ``application_credential.restricted``); such a credential
+    cannot create the trust Blazar makes for every new lease.
+    """
+
+    user_id: str | None
+    project_id: str | None = None
+    application_credential: str | None = None  # "name (id)" when the token is one
+    restricted: bool = False
+
+
+def whoami(session) -> Whoami:
+    """The :class:`Whoami` of a keystoneauth ``session`` (authenticates if not yet done)."""
+    from keystoneauth1 import exceptions as ks_exc
+
+    try:
+        access = session.auth.get_access(session)
+    except ks_exc.ClientException as exc:
+        raise CloudError(f"authentication failed: {_short(exc)}") from exc
+    data = getattr(access, "_data", {}) or {}
+    app = (data.get("token") or {}).get("application_credential") or {}
+    label = f"{app.get('name')} ({app.get('id')})" if app else None
+    return Whoami(user_id=access.user_id, project_id=access.project_id,
+                  application_credential=label,
+                  restricted=bool(app) and app.get("restricted", True) is not False)
+
+
+def not_mine(what: str, owner: str | None, me: Whoami | None) -> str | None:
+    """Why ``what`` (owned by user ``owner``) must not be adopted or deleted, or None.
+
+    Resource names are per project: a teammate in the same project can have the same
+    ``<experiment>-lease``. Unknown on either side (an old record) is not a refusal."""
+    if me is None or not me.user_id or not owner or owner == me.user_id:
+        return None
+    return (f"{what} belongs to user {owner}, not to you ({me.user_id}): names are per "
+            "project, so a teammate uses this experiment name too. replab never adopts or "
+            "deletes another user's resources; choose another experiment name")

@@ -25,12 +25,14 @@ from .. import sites
 from ..errors import CloudError, ConfigError
 from ._common import (
     Progress,
+    Whoami,
     as_utc,
     blazar_errors,
     blazar_time,
     delete_call,
     is_uuid,
     missing,
+    not_mine,
     parse_time,
     utcnow,
     wait_for,
@@ -39,6 +41,11 @@ from ._common import (
 NODE = "physical:host"
 FLAVOR = "flavor:instance"
 FIP = "virtual:floatingip"
+
+#: How the lease's floating IP is had: reserved with the lease (the default; falls back to
+#: on demand when Blazar refuses the reservation) or allocated on demand.
+RESERVED, ON_DEMAND = "reserved", "on_demand"
+FLOATING_IP_MODES = (RESERVED, ON_DEMAND)
 
 ACTIVE, PENDING, STARTING, ERROR, TERMINATED = (
     "ACTIVE", "PENDING", "STARTING", "ERROR", "TERMINATED")
@@ -120,9 +127,16 @@ def extension_problem(lease: Mapping[str, Any], hours: float, *, site: sites.Sit
                       window_hours: float | None = EXTENSION_WINDOW_HOURS) -> str | None:
     """Why Blazar would refuse extending ``lease`` by ``hours`` at ``site``, or None.
 
-    Mirrors Blazar's MaxLeaseDurationFilter: the lease may last at most the site's maximum
-    from its start; within ``window_hours`` of its end it may instead be extended by up to
-    the maximum again. Makes no call.
+    Blazar's MaxLeaseDurationFilter (``blazar/enforcement/filters/max_lease_duration_filter.py``,
+    ``check_update``), as Chameleon runs it with ``reservation_extension_window`` = 48 h:
+    an extension asked earlier than ``window_hours`` before the lease's current end is
+    refused (``MaxReservationUpdateWindowException``, "Lease can only be extended within ...
+    of the leases current end time"); inside the window the lease may run up to the site's
+    maximum from its *current end*. Without a window (``window_hours=None``, plain Blazar)
+    the whole lease, from its start, must fit in the maximum. The same rule holds for every
+    reservation type: Blazar applies it to the lease, and both the host plugin and
+    Chameleon's flavor plugin (``update_reservation``) accept a new end date when the same
+    hosts stay free. Makes no call.
     """
     if site.max_lease_hours is None:
         return f"{site.name} takes no lease"
@@ -133,14 +147,19 @@ def extension_problem(lease: Mapping[str, Any], hours: float, *, site: sites.Sit
         return f"{hours:g} h is more than {site.name}'s maximum lease of {most} h"
     now = as_utc(now or utcnow())
     start, end = parse_time(lease["start_date"]), parse_time(lease["end_date"])
+    if lease.get("status") in ENDED or (end <= now and lease.get("status") != PENDING):
+        return f"the lease has ended ({lease.get('status')}, end {blazar_time(end)} UTC)"
+    if window_hours is not None:
+        opens = end - _dt.timedelta(hours=window_hours)
+        if now < opens:
+            return (f"{site.name} extends a lease only within {window_hours:g} h of its end "
+                    f"({blazar_time(end)} UTC): ask again after {blazar_time(opens)} UTC")
+        return None  # inside the window: up to the maximum again, counted from the end
     new_end = end + _dt.timedelta(hours=hours)
-    in_window = window_hours is not None and now >= end - _dt.timedelta(hours=window_hours)
     total = (new_end - start).total_seconds() / 3600
-    if not in_window and total > most:
-        when = (f"; within {window_hours:g} h of its end ({blazar_time(end)} UTC) it can be "
-                f"extended by up to {most} h" if window_hours is not None else "")
+    if total > most:
         return (f"the lease would last {total:.0f} h from its start, more than {site.name}'s "
-                f"maximum of {most} h{when}")
+                f"maximum of {most} h")
     return None
 
 
@@ -163,20 +182,23 @@ def fip_reservation(network_id: str, amount: int = 1) -> dict[str, Any]:
     return {"resource_type": FIP, "network_id": network_id, "amount": amount}
 
 
-def reservations_for(cfg, *, network_id: str, flavor_id: str | None = None) -> list[dict]:
-    """The reservations of the experiment's lease: one machine and one floating IP.
+def reservations_for(cfg, *, network_id: str, flavor_id: str | None = None,
+                     floating_ip: bool = True) -> list[dict]:
+    """The reservations of the experiment's lease: one machine and (``floating_ip``) one
+    floating IP.
 
     Ordered as python-chi submits them (nodes, floating IPs, flavors). Raises ConfigError
     when the site takes no lease or a KVM site gets no ``flavor_id``.
     """
     kind = cfg.site_info.kind
+    ips = [fip_reservation(network_id)] if floating_ip else []
     if kind == sites.BARE_METAL:
-        return [node_reservation(cfg.node_type), fip_reservation(network_id)]
+        return [node_reservation(cfg.node_type), *ips]
     if kind == sites.KVM:
         if not flavor_id:
             raise ConfigError([("flavor", f"the id of flavor {cfg.flavor!r} is needed to "
                                           "reserve it (see replab.cloud.find_flavor)")])
-        return [fip_reservation(network_id), flavor_reservation(flavor_id)]
+        return [*ips, flavor_reservation(flavor_id)]
     raise ConfigError([("site", f"{cfg.site!r} takes no lease")])
 
 
@@ -211,14 +233,39 @@ def fip_reservation_ids(lease: Mapping[str, Any]) -> list[str]:
     return [r["id"] for r in reservations(lease, FIP)]
 
 
+def failure_reasons(lease: Mapping[str, Any]) -> list[str]:
+    """What Blazar records about a failing lease: reservations whose ``status`` is
+    ``error`` or that miss resources, and events whose ``status`` is ``ERROR``. (Blazar
+    has no reason field: a lease's keys are ``id name user_id project_id start_date
+    end_date trust_id status degraded created_at updated_at reservations events``.)"""
+    out = []
+    for r in reservations(lease):
+        what = f"{r.get('resource_type')} reservation {r.get('id')}"
+        if str(r.get("status", "")).lower() == "error":
+            out.append(f"{what} is in error")
+        if r.get("missing_resources"):
+            out.append(f"{what} lost a reserved resource (missing_resources)")
+        if r.get("resources_changed"):
+            out.append(f"{what} had its resources changed (resources_changed)")
+    for e in lease.get("events") or []:
+        if str(e.get("status", "")).upper() == "ERROR":
+            out.append(f"event {e.get('event_type')} at {e.get('time')} failed")
+    return out
+
+
 def describe(lease: Mapping[str, Any]) -> str:
-    """``ACTIVE`` / ``ERROR (reason)`` / ``ACTIVE, degraded``, for messages."""
+    """``ACTIVE`` / ``ERROR (event start_lease ... failed)`` / ``ACTIVE, degraded``."""
     text = str(lease.get("status"))
     if lease.get("degraded"):
         text += ", degraded"
-    if lease.get("status_reason"):
-        text += f" ({lease['status_reason']})"
+    reasons = failure_reasons(lease)
+    if reasons:
+        text += f" ({'; '.join(reasons)})"
     return text
+
+
+def _why(lease: Mapping[str, Any]) -> str:
+    return "; ".join(failure_reasons(lease)) or "Blazar records no failed reservation or event"
 
 
 def _mismatch(lease: Mapping[str, Any], cfg) -> str | None:
@@ -228,9 +275,7 @@ def _mismatch(lease: Mapping[str, Any], cfg) -> str | None:
             return f"it does not reserve node type {cfg.node_type}"
     elif not reservations(lease, FLAVOR):
         return f"it reserves no flavor (wanted {cfg.flavor})"
-    if not reservations(lease, FIP):
-        return "it reserves no floating IP"
-    return None
+    return None  # no floating-IP reservation: provisioning allocates one on demand
 
 
 # -- calls -----------------------------------------------------------------------------------
@@ -256,9 +301,49 @@ def get_lease(client, lease_id: str) -> dict:
         return client.lease.get(lease_id)
 
 
+#: Blazar's refusals that concern the floating-IP reservation alone (blazar/manager/
+#: exceptions.py: NotEnoughFloatingIPAvailable, UnsupportedResourceType for a site without
+#: the floating-IP plugin): the lease is then made without it and the IP allocated on demand.
+_FIP_REFUSALS = ("not enough floating ip", "virtual:floatingip")
+
+
+def _fip_refusal(exc: CloudError) -> bool:
+    text = str(exc).lower()
+    return any(t in text for t in _FIP_REFUSALS)
+
+
+def _explain(exc: CloudError, cfg, me: Whoami | None) -> CloudError:
+    """Blazar's refusal of ``POST /leases`` with what to do about it."""
+    text = str(exc)
+    hint = ""
+    if "not enough hosts available" in text.lower():
+        what = cfg.node_type if cfg.site_info.kind == sites.BARE_METAL else cfg.flavor
+        hint = (f": no {what} is free at {cfg.site} for the whole period; "
+                "replab.cloud.next_free_slot says when one is, or choose another "
+                "machine or a shorter lease")
+    elif me is not None and me.application_credential and "(500)" in text:
+        hint = (f": you authenticate with application credential {me.application_credential}"
+                "; Blazar creates a trust for every lease, which an application credential "
+                "can do only when it is unrestricted")
+    return CloudError(text + hint, exc.request)
+
+
+def _restricted_problem(cfg, me: Whoami | None) -> str | None:
+    if me is None or not me.restricted:
+        return None
+    return (f"you authenticate at {cfg.site} with the restricted application credential "
+            f"{me.application_credential}. Blazar creates a Keystone trust for every new lease "
+            "and a restricted application credential may not create trusts (Blazar answers "
+            "500). Authenticate at the compute site through Chameleon's JupyterHub or a "
+            "clouds.yaml password entry, or create an unrestricted application credential "
+            f"there (openstack application credential create --unrestricted ...). The "
+            "object-store credential replab makes stays restricted: it is not used here")
+
+
 def ensure_lease(client, cfg, *, network_id: str, flavor_id: str | None = None,
                  start: str | _dt.datetime | None = None, hours: float | None = None,
-                 now: _dt.datetime | None = None) -> tuple[dict, bool]:
+                 now: _dt.datetime | None = None, me: Whoami | None = None,
+                 floating_ip: str = RESERVED) -> tuple[dict, bool]:
     """The experiment's lease (``cfg.names["lease"]``), created when absent.
 
     Reserves one ``cfg.node_type`` node (bare metal) or one instance of the flavor
@@ -266,27 +351,45 @@ def ensure_lease(client, cfg, *, network_id: str, flavor_id: str | None = None,
     network ``network_id``, for ``hours`` (default ``cfg.lease_hours``) from ``start``
     (default ``cfg.lease_start``). Returns ``(lease, created)``.
 
-    Calls: ``GET /leases``; when absent ``POST /leases``. A lease of that name that has
-    ended (TERMINATED) is deleted first (``DELETE /leases/<id>``).
+    ``floating_ip``: ``"reserved"`` (the default) reserves the IP with the lease; when
+    Blazar refuses that reservation alone (no floating-IP plugin, or no reservable IP
+    left) the lease is made without it and provisioning allocates an IP on demand.
+    ``"on_demand"`` never reserves one. A lease without a floating-IP reservation shows
+    as ``fip_reservation_ids(lease) == []``.
+
+    ``me`` (:func:`whoami` of the session): a lease of that name owned by another user of
+    the project is refused, never adopted or replaced; a restricted application credential
+    is refused before ``POST /leases`` (it cannot make the trust Blazar needs).
+
+    Calls: ``GET /leases``; when absent ``POST /leases`` (again without the floating IP
+    when Blazar refused it). A lease of that name that has ended (TERMINATED) is deleted
+    first (``DELETE /leases/<id>``).
     Raises ConfigError before any call when the length breaks the site's policy (and before
     creating one that would start in the past);
-    CloudError when the existing lease is in ERROR or reserves something else, or Blazar
-    refuses.
+    CloudError when the existing lease is another user's, in ERROR or reserves something
+    else, or Blazar refuses (with what to do).
     """
+    if floating_ip not in FLOATING_IP_MODES:
+        raise ConfigError([("floating_ip", f"{floating_ip!r} is not one of "
+                                           f"{', '.join(FLOATING_IP_MODES)}")])
     when = {"hours": hours or cfg.lease_hours, "now": now,
             "start": start if start is not None else cfg.lease_start}
     lease_window(cfg.site_info, past_ok=True, **when)  # the length, before any call
-    body_reservations = reservations_for(cfg, network_id=network_id, flavor_id=flavor_id)
+    body_reservations = reservations_for(cfg, network_id=network_id, flavor_id=flavor_id,
+                                         floating_ip=floating_ip == RESERVED)
     name = cfg.names["lease"]
     lease = find_lease(client, name)
     if lease is not None:
         status = lease.get("status")
+        theirs = not_mine(f"lease {name} ({lease['id']})", lease.get("user_id"), me)
+        if theirs:
+            raise CloudError(theirs, "GET /leases")
         if status in ENDED:
             log.info("lease %s (%s) is %s; replacing it", name, lease["id"], status)
             _delete(client, lease["id"], name, ignore_missing=True)
         elif status == ERROR:
             raise CloudError(f"lease {name} ({lease['id']}) is in ERROR: "
-                             f"{lease.get('status_reason') or 'no reason given'}; delete it "
+                             f"{_why(lease)}; delete it "
                              "(replab.cloud.delete_lease or 5_teardown) and provision again")
         else:
             problem = _mismatch(lease, cfg)
@@ -296,14 +399,33 @@ def ensure_lease(client, cfg, *, network_id: str, flavor_id: str | None = None,
             log.info("lease %s (%s) exists: %s", name, lease["id"], describe(lease))
             return lease, False
     window = lease_window(cfg.site_info, **when)  # a start in the past matters only now
+    restricted = _restricted_problem(cfg, me)
+    if restricted:
+        raise CloudError(restricted, "POST /leases")
     body = lease_body(name, window, body_reservations)
-    with blazar_errors("POST /leases"):
-        created = client.lease.create(name=body["name"], start=body["start_date"],
-                                      end=body["end_date"], reservations=body["reservations"],
-                                      events=body["events"])
+    try:
+        created = _create(client, body)
+    except CloudError as exc:
+        if not (floating_ip == RESERVED and _fip_refusal(exc)):
+            raise _explain(exc, cfg, me) from exc
+        log.warning("Blazar refused the floating-IP reservation (%s); reserving the lease "
+                    "without it: the IP is allocated on demand from the public network", exc)
+        body = lease_body(name, window, [r for r in body_reservations
+                                         if r["resource_type"] != FIP])
+        try:
+            created = _create(client, body)
+        except CloudError as again:
+            raise _explain(again, cfg, me) from again
     log.info("created lease %s (%s), %s to %s", name, created.get("id"), body["start_date"],
              body["end_date"])
     return created, True
+
+
+def _create(client, body: Mapping[str, Any]) -> dict:
+    with blazar_errors("POST /leases"):
+        return client.lease.create(name=body["name"], start=body["start_date"],
+                                   end=body["end_date"], reservations=body["reservations"],
+                                   events=body["events"])
 
 
 def wait_for_lease(client, lease_id: str, *, timeout: float = LEASE_TIMEOUT,
@@ -312,14 +434,14 @@ def wait_for_lease(client, lease_id: str, *, timeout: float = LEASE_TIMEOUT,
                    progress: Progress | None = None) -> dict:
     """Poll ``GET /leases/<id>`` until the lease is ACTIVE; return it.
 
-    Raises CloudError with Blazar's ``status_reason`` when it goes to ERROR (or ends), and
+    Raises CloudError with what Blazar records (:func:`failure_reasons`) when it goes to
+    ERROR (or ends), and
     ResourceTimeout after ``timeout`` seconds. A degraded ACTIVE lease is returned, with a
     warning logged.
     """
     def failed(lease):
         if lease.get("status") == ERROR:
-            return (f"lease {lease.get('name')} ({lease_id}) is in ERROR: "
-                    f"{lease.get('status_reason') or 'Blazar gave no reason'}")
+            return f"lease {lease.get('name')} ({lease_id}) is in ERROR: {_why(lease)}"
         if lease.get("status") in ENDED:
             return f"lease {lease.get('name')} ({lease_id}) is {lease.get('status')}"
         return None
@@ -330,7 +452,7 @@ def wait_for_lease(client, lease_id: str, *, timeout: float = LEASE_TIMEOUT,
                      interval=interval, clock=clock, sleep=sleep, progress=progress)
     if lease.get("degraded"):
         log.warning("lease %s is ACTIVE but degraded: %s", lease_id,
-                    lease.get("status_reason") or "a reserved resource is unavailable")
+                    "; ".join(failure_reasons(lease)) or "a reserved resource is unavailable")
     return lease
 
 
@@ -355,17 +477,22 @@ def extend_lease(client, lease: Mapping[str, Any], hours: float, *, site: sites.
     return updated
 
 
-def delete_lease(client, name_or_id: str, ignore_missing: bool = True) -> bool:
+def delete_lease(client, name_or_id: str, ignore_missing: bool = True, *,
+                 me: Whoami | None = None) -> bool:
     """Delete a lease by id (``DELETE /leases/<id>``) or name (``GET /leases`` first).
 
     Returns whether it deleted; a lease already gone returns False, or raises CloudError
-    when ``ignore_missing`` is False.
+    when ``ignore_missing`` is False. By name with ``me``: a lease of another user of the
+    project is refused (CloudError), never deleted.
     """
     lease_id = name_or_id
     if not is_uuid(name_or_id):
         lease = find_lease(client, name_or_id)
         if lease is None:
             return missing(f"lease {name_or_id}", "GET /leases", ignore_missing)
+        theirs = not_mine(f"lease {name_or_id} ({lease['id']})", lease.get("user_id"), me)
+        if theirs:
+            raise CloudError(theirs, "GET /leases")
         lease_id = lease["id"]
     return _delete(client, lease_id, name_or_id, ignore_missing)
 
@@ -374,81 +501,3 @@ def _delete(client, lease_id: str, label: str, ignore_missing: bool) -> bool:
     request = f"DELETE /leases/{lease_id}"
     return delete_call(f"lease {label}", request, blazar_errors(request, not_found=True),
                        lambda: client.lease.delete(lease_id), ignore_missing)
-
-
-# -- availability ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Slot:
-    """A free period: from ``start`` until ``end`` (None: no later reservation known)."""
-
-    start: _dt.datetime
-    end: _dt.datetime | None
-    resource: str  # the host's name (bare metal) or the flavor id (KVM)
-
-
-def _first_gap(busy: list[tuple[_dt.datetime, _dt.datetime]], now: _dt.datetime,
-               length: _dt.timedelta) -> tuple[_dt.datetime, _dt.datetime | None]:
-    possible = now
-    for start, end in sorted(busy):
-        if end <= possible:
-            continue  # over (or inside an earlier one)
-        if possible + length <= start:
-            return possible, start
-        possible = max(possible, end)
-    return possible, None
-
-
-def next_free_slot(client, cfg, *, hours: float | None = None, flavor_id: str | None = None,
-                   now: _dt.datetime | None = None) -> Slot | None:
-    """The earliest time a lease of ``hours`` (default ``cfg.lease_hours``) could start.
-
-    Bare metal, through Blazar's host API (as python-chi's ``Node.next_free_timeslot``):
-    ``GET /os-hosts`` (hosts whose ``node_type`` is ``cfg.node_type`` and reservable) and
-    ``GET /os-hosts/allocations``. KVM: ``GET /flavor-instances/availability?flavor_id=``
-    (needs ``flavor_id``). Returns None when the site has no such machine. Blazar ignores
-    maintenance and reservations made meanwhile: the slot is a hint, not a promise.
-    """
-    now = as_utc(now or utcnow())
-    length = _dt.timedelta(hours=hours or cfg.lease_hours or 1)
-    if cfg.site_info.kind == sites.KVM:
-        return _flavor_slot(client, flavor_id, now, length)
-    with blazar_errors("GET /os-hosts"):
-        hosts = [h for h in client.host.list()
-                 if h.get("node_type") == cfg.node_type and h.get("reservable", True)
-                 not in (False, "False", "false")]
-    if not hosts:
-        return None
-    with blazar_errors("GET /os-hosts/allocations"):
-        allocations = {str(a.get("resource_id")): a.get("reservations") or []
-                       for a in client.host.list_allocations()}
-    best: Slot | None = None
-    for host in hosts:
-        busy = [(parse_time(r["start_date"]), parse_time(r["end_date"]))
-                for r in allocations.get(str(host["id"]), [])]
-        start, end = _first_gap(busy, now, length)
-        if best is None or start < best.start:
-            best = Slot(start, end, host.get("hypervisor_hostname") or str(host["id"]))
-    return best
-
-
-def _flavor_slot(client, flavor_id, now, length) -> Slot | None:
-    if not flavor_id:
-        raise ConfigError([("flavor", "the flavor's id is needed to ask Blazar when it is "
-                                      "free (see replab.cloud.find_flavor)")])
-    request = f"GET /flavor-instances/availability?flavor_id={flavor_id}"
-    with blazar_errors(request):
-        body = client.flavor_instance.get_availability(flavor_id=flavor_id)
-    segments = [seg for fr in (body or {}).get("flavor_instances", [])
-                if fr.get("flavor_id") == flavor_id for seg in fr.get("availability", [])]
-    run_start = run_end = None
-    for seg in sorted(segments, key=lambda s: parse_time(s["start"])):
-        start, end = max(parse_time(seg["start"]), now), parse_time(seg["end"])
-        if int(seg.get("available") or 0) < 1 or end <= now:
-            run_start = run_end = None
-            continue
-        if run_start is None or start > run_end:
-            run_start = start
-        run_end = end
-        if run_end - run_start >= length:
-            return Slot(run_start, run_end, flavor_id)
-    return None
