@@ -299,7 +299,8 @@ def _teardown_cloud(cfg, out: Teardown, step, connect: Callable[[], Any], say) -
     live = state.live()
     if live:
         clients = step("connect", connect)
-        if clients:
+        me = clients and step("identify the user", lambda: cloud.whoami(clients[1].session))
+        if clients and me:
             blazar, conn = clients
             for kind, fn in (
                 ("server", lambda e: cloud.delete_server(conn, e["id"], wait=True)),
@@ -311,6 +312,11 @@ def _teardown_cloud(cfg, out: Teardown, step, connect: Callable[[], Any], say) -
             ):
                 entry = state.get(kind)
                 if not entry:
+                    continue
+                theirs = cloud.not_mine(f"{kind} {entry['name']} ({entry['id']})",
+                                        entry.get("user_id"), me)
+                if theirs:  # recorded as another user's: never deleted
+                    out.problems.append(theirs)
                     continue
                 if kind == "floating_ip" and entry.get("owned_by_lease"):
                     state.mark_deleted(kind)

@@ -4,8 +4,9 @@ Every function takes the ``conn`` (``openstack.connection.Connection``) and retu
 openstacksdk resources. Lookups by name are one list call with the name as a filter, matched
 exactly here; two matches raise CloudError naming both ids (python-chi picks the first).
 
-Sources: python-chi 1.2.10 ``chi/server.py`` (``instance_create_args``: the reservation as the
-``reservation`` scheduler hint, network ``sharednet1``, flavor ``baremetal`` on bare metal),
+Sources: python-chi 1.2.10 ``chi/server.py`` (``instance_create_args``: a bare-metal
+reservation as the ``reservation`` scheduler hint, network ``sharednet1``, flavor ``baremetal``
+on bare metal; a KVM server with the reserved flavor and no hint),
 ``chi/network.py`` (security group rules; floating IPs), ``chi/lease.py``
 (``get_reserved_floating_ips``: Blazar tags the IPs it reserved ``reservation:<id>``); Blazar's
 flavor plugin names the flavor it creates for a KVM reservation after the reservation
@@ -25,9 +26,11 @@ from ..errors import CloudError
 from ._common import (
     NotFound,
     Progress,
+    Whoami,
     delete_call,
     is_uuid,
     missing,
+    not_mine,
     sdk_errors,
     wait_for,
 )
@@ -222,34 +225,51 @@ def delete_security_group(conn, name_or_id: str, ignore_missing: bool = True) ->
 
 
 # -- servers ---------------------------------------------------------------------------------
-def server_body(name: str, *, image_id: str, flavor_id: str, reservation_id: str,
+def server_body(name: str, *, image_id: str, flavor_id: str, reservation_id: str | None,
                 keypair: str, network_id: str,
                 security_groups: Sequence[str] = ()) -> dict[str, Any]:
-    """The JSON body of ``POST /servers`` as openstacksdk sends it (hint at top level)."""
+    """The JSON body of ``POST /servers`` as openstacksdk sends it.
+
+    ``reservation_id``: the ``reservation`` scheduler hint, for a bare-metal
+    (``physical:host``) reservation only; None sends no hint. A KVM (``flavor:instance``)
+    reservation is booted with the flavor Blazar made for it alone, as python-chi does
+    (``instance_create_args(reservation=None, flavor=<reserved flavor>)``): with the hint,
+    BlazarFilter would admit only hosts of a host-reservation aggregate owned by the
+    project, which a flavor reservation does not make - "No valid host was found".
+    """
     server: dict[str, Any] = {"name": name, "imageRef": image_id, "flavorRef": flavor_id,
                               "key_name": keypair, "networks": [{"uuid": network_id}]}
     if security_groups:
         server["security_groups"] = [{"name": g} for g in security_groups]
-    return {"server": server, "OS-SCH-HNT:scheduler_hints": {"reservation": reservation_id}}
+    body: dict[str, Any] = {"server": server}
+    if reservation_id:
+        body["OS-SCH-HNT:scheduler_hints"] = {"reservation": reservation_id}
+    return body
 
 
 def ensure_server(conn, cfg, *, reservation_id: str, keypair: str, image: str | None = None,
                   network: str = DEFAULT_NETWORK,
-                  security_groups: Sequence[str] | None = None) -> tuple[Any, bool]:
+                  security_groups: Sequence[str] | None = None,
+                  me: Whoami | None = None) -> tuple[Any, bool]:
     """The experiment's server (``cfg.names["server"]``), booted on the reservation when
     absent. Returns ``(server, created)``; the server may still be building (see
     :func:`wait_for_server`).
 
     Calls: ``GET /servers/detail?name=``; when absent the image (``GET /v2/images?name=``,
     default ``cfg.image``), the network (``GET /v2.0/networks?name=``), on bare metal the
-    ``baremetal`` flavor (``GET /flavors?is_public=None``; on KVM the flavor is the one
-    Blazar made for the reservation, whose id is the reservation id), then ``POST /servers``
-    with the scheduler hint ``{"reservation": reservation_id}``. ``security_groups``
-    default: the experiment's group on KVM, none on bare metal.
+    ``baremetal`` flavor (``GET /flavors?is_public=None``), then ``POST /servers``: on bare
+    metal with the scheduler hint ``{"reservation": reservation_id}``; on KVM with the
+    flavor Blazar made for the reservation (its id is the reservation id) and no hint.
+    ``security_groups`` default: the experiment's group on KVM, none on bare metal.
+    Raises CloudError when a server of that name belongs to another user (``me``): names
+    are per project, and a teammate's server is never adopted.
     """
     name = cfg.names["server"]
     server = find_server(conn, name)
     if server is not None:
+        theirs = not_mine(f"server {name} ({server.id})", getattr(server, "user_id", None), me)
+        if theirs:
+            raise CloudError(theirs, f"GET /servers/detail?name={name}")
         log.info("server %s (%s) exists: %s", name, server.id, server.status)
         return server, False
     kvm = cfg.site_info.kind == sites.KVM
@@ -259,15 +279,18 @@ def ensure_server(conn, cfg, *, reservation_id: str, keypair: str, image: str | 
     network_ref = network_id(conn, network)
     flavor_ref = reservation_id if kvm else flavor_id(conn, BAREMETAL_FLAVOR)
     body = server_body(name, image_id=image_ref, flavor_id=flavor_ref,
-                       reservation_id=reservation_id, keypair=keypair, network_id=network_ref,
-                       security_groups=security_groups)
+                       reservation_id=None if kvm else reservation_id, keypair=keypair,
+                       network_id=network_ref, security_groups=security_groups)
     spec = body["server"]
+    extra: dict[str, Any] = {}
+    if security_groups:
+        extra["security_groups"] = spec["security_groups"]
+    if "OS-SCH-HNT:scheduler_hints" in body:
+        extra["scheduler_hints"] = body["OS-SCH-HNT:scheduler_hints"]
     with sdk_errors("Nova", "POST /servers"):
         server = conn.compute.create_server(
             name=name, image_id=spec["imageRef"], flavor_id=spec["flavorRef"],
-            key_name=keypair, networks=spec["networks"],
-            scheduler_hints=body["OS-SCH-HNT:scheduler_hints"],
-            **({"security_groups": spec["security_groups"]} if security_groups else {}))
+            key_name=keypair, networks=spec["networks"], **extra)
     log.info("created server %s (%s) on reservation %s", name, server.id, reservation_id)
     return server, True
 
@@ -381,6 +404,17 @@ def reserved_floating_ip(conn, lease: dict) -> Any:
                      f"(now {lease.get('status')})?", request)
 
 
+def allocate_floating_ip(conn, network_id: str, *, description: str = "") -> Any:
+    """A floating IP allocated on demand from the public network ``network_id``: ``POST
+    /v2.0/floatingips`` with ``floating_network_id``. The fallback when the lease has no
+    floating-IP reservation; the project owns it until :func:`release_floating_ip`."""
+    with sdk_errors("Neutron", "POST /v2.0/floatingips"):
+        ip = conn.network.create_ip(floating_network_id=network_id,
+                                    **({"description": description} if description else {}))
+    log.info("allocated floating IP %s (%s) on demand", ip.floating_ip_address, ip.id)
+    return ip
+
+
 def associate_floating_ip(conn, server, ip) -> Any:
     """Attach floating IP ``ip`` to ``server``'s port: ``GET /v2.0/ports?device_id=`` and
     ``PUT /v2.0/floatingips/<id>`` with ``{"port_id": ...}``. Nothing is sent when it is
@@ -403,6 +437,16 @@ def associate_floating_ip(conn, server, ip) -> Any:
     return updated
 
 
+def get_floating_ip(conn, ip_id: str) -> Any | None:
+    """``GET /v2.0/floatingips/<id>``; None when it does not exist."""
+    request = f"GET /v2.0/floatingips/{ip_id}"
+    try:
+        with sdk_errors("Neutron", request, not_found=True):
+            return conn.network.get_ip(ip_id)
+    except NotFound:
+        return None
+
+
 def release_floating_ip(conn, address_or_id: str, ignore_missing: bool = True) -> bool:
     """Give back a floating IP this project allocated itself (``DELETE
     /v2.0/floatingips/<id>``). One that Blazar reserved for a lease is left alone (Blazar
@@ -410,11 +454,7 @@ def release_floating_ip(conn, address_or_id: str, ignore_missing: bool = True) -
     """
     if is_uuid(address_or_id):
         request = f"GET /v2.0/floatingips/{address_or_id}"
-        try:
-            with sdk_errors("Neutron", request, not_found=True):
-                ip = conn.network.get_ip(address_or_id)
-        except NotFound:
-            ip = None
+        ip = get_floating_ip(conn, address_or_id)
     else:
         request = f"GET /v2.0/floatingips?floating_ip_address={address_or_id}"
         with sdk_errors("Neutron", request):

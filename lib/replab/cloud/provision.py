@@ -18,7 +18,7 @@ from typing import Any
 from .. import sites
 from ..errors import ConfigError
 from . import compute, leases
-from ._common import Progress, as_utc, iso, parse_time, utcnow
+from ._common import Progress, as_utc, iso, parse_time, utcnow, whoami
 from .state import State, live_ids
 
 PUBLIC_KEY_PLACEHOLDER = "<the lab's SSH public key>"
@@ -50,8 +50,20 @@ def _starts_later(start: _dt.datetime, now: _dt.datetime, timeout: float) -> boo
     return start > now + _dt.timedelta(seconds=timeout)
 
 
+def check_image(cfg) -> None:
+    """ConfigError, before any call, when ``cfg.image`` is not an image of the site (e.g.
+    the x86 ``CC-Ubuntu24.04-CUDA`` at CHI@NCAR, whose GH200 nodes are ARM64: an x86
+    image goes ACTIVE there and never boots)."""
+    site = cfg.site_info
+    if site.images and cfg.image not in site.images:
+        arch = f" ({site.arch} machines)" if site.arch != sites.X86_64 else ""
+        raise ConfigError([("image", f"{cfg.image!r} does not boot at {site.name}{arch}; "
+                                     f"use {' or '.join(site.images)}")])
+
+
 def plan(cfg, *, state: State | Mapping[str, Any] | None = None,
          now: _dt.datetime | None = None, public_key: str | None = None,
+         floating_ip: str = leases.RESERVED,
          lease_timeout: float = leases.LEASE_TIMEOUT,
          server_timeout: float = compute.SERVER_TIMEOUT) -> list[PlannedCall]:
     """Every call :func:`provision` would make for ``cfg``, in order; makes none.
@@ -64,10 +76,12 @@ def plan(cfg, *, state: State | Mapping[str, Any] | None = None,
     site = cfg.site_info
     if site.kind == sites.LOCAL:
         return []
+    check_image(cfg)
     now = as_utc(now or utcnow())
     known = live_ids(state)
     kvm = site.kind == sites.KVM
     names = cfg.names
+    reserve_ip = floating_ip == leases.RESERVED
     lease_id = known.get("lease", "{lease.id}")
     server_id = known.get("server", "{server.id}")
     window = leases.lease_window(site, hours=cfg.lease_hours, start=cfg.lease_start, now=now,
@@ -80,12 +94,13 @@ def plan(cfg, *, state: State | Mapping[str, Any] | None = None,
     calls.append(PlannedCall("GET", "reservation", "/leases", f"find lease {names['lease']}"))
     if "lease" not in known:
         body = leases.lease_body(names["lease"], window, leases.reservations_for(
-            cfg, network_id="{public_network.id}", flavor_id="{flavor.id}" if kvm else None))
+            cfg, network_id="{public_network.id}", flavor_id="{flavor.id}" if kvm else None,
+            floating_ip=reserve_ip))
         what = f"1 x {cfg.flavor}" if kvm else f"1 x {cfg.node_type} node"
         start, end = window.dates()
         calls.append(PlannedCall("POST", "reservation", "/leases",
-                                 f"reserve {what} + 1 floating IP, {start} to {end} UTC",
-                                 body))
+                                 f"reserve {what}{' + 1 floating IP' if reserve_ip else ''}, "
+                                 f"{start} to {end} UTC", body))
     if _starts_later(window.start, now, lease_timeout):
         return calls
     calls.append(PlannedCall("GET", "reservation", f"/leases/{lease_id}",
@@ -126,7 +141,7 @@ def plan(cfg, *, state: State | Mapping[str, Any] | None = None,
         body = compute.server_body(
             server, image_id="{image.id}",
             flavor_id="{server_reservation.id}" if kvm else "{baremetal_flavor.id}",
-            reservation_id="{server_reservation.id}", keypair=key,
+            reservation_id=None if kvm else "{server_reservation.id}", keypair=key,
             network_id="{sharednet1.id}", security_groups=[group] if kvm else [])
         calls.append(PlannedCall("POST", "compute", "/servers",
                                  f"boot {server} from {cfg.image} on the lease's reservation",
@@ -134,9 +149,18 @@ def plan(cfg, *, state: State | Mapping[str, Any] | None = None,
     calls.append(PlannedCall("GET", "compute", f"/servers/{server_id}",
                              f"repeated every {compute.SERVER_INTERVAL:g} s until ACTIVE "
                              f"(at most {server_timeout:g} s)"))
-    calls.append(PlannedCall("GET", "network",
-                             "/v2.0/floatingips?tags=reservation:{fip_reservation.id}",
-                             "find the floating IP Blazar reserved for the lease"))
+    if reserve_ip:
+        calls.append(PlannedCall("GET", "network",
+                                 "/v2.0/floatingips?tags=reservation:{fip_reservation.id}",
+                                 "find the floating IP Blazar reserved for the lease"))
+    elif "floating_ip" in known:
+        calls.append(PlannedCall("GET", "network", f"/v2.0/floatingips/{known['floating_ip']}",
+                                 "find the floating IP allocated on demand before"))
+    else:
+        calls.append(PlannedCall("POST", "network", "/v2.0/floatingips",
+                                 "allocate a floating IP on demand (the lease reserves none)",
+                                 {"floatingip": {"floating_network_id": "{public_network.id}",
+                                                 "description": _ip_description(cfg)}}))
     calls.append(PlannedCall("GET", "network", f"/v2.0/ports?device_id={server_id}",
                              f"find {server}'s port"))
     if "floating_ip" not in known:
@@ -144,6 +168,32 @@ def plan(cfg, *, state: State | Mapping[str, Any] | None = None,
                                  f"attach the floating IP to {server}",
                                  {"floatingip": {"port_id": "{port.id}"}}))
     return calls
+
+
+def _floating_ip(cfg, conn, lease: Mapping[str, Any], state: State, public_id: str,
+                 say: Progress) -> Any:
+    """The lease's reserved floating IP; without a floating-IP reservation, the one this
+    experiment allocated on demand before (state.json), or a new one. Recorded before it
+    is attached, so a failure later still leaves it for the teardown to release."""
+    fip_ids = leases.fip_reservation_ids(lease)
+    if fip_ids:
+        ip = compute.reserved_floating_ip(conn, lease)
+        state.record("floating_ip", id=ip.id, name=ip.floating_ip_address, site=cfg.site,
+                     created=False, address=ip.floating_ip_address, owned_by_lease=True,
+                     reservation_id=fip_ids[0])
+        return ip
+    entry = state.get("floating_ip")
+    ip = None
+    if entry and not entry.get("owned_by_lease"):
+        ip = compute.get_floating_ip(conn, entry["id"])
+    made = ip is None
+    if made:
+        ip = compute.allocate_floating_ip(conn, public_id, description=_ip_description(cfg))
+        say(f"the lease reserves no floating IP: allocated {ip.floating_ip_address} on "
+            "demand (the teardown releases it)")
+    state.record("floating_ip", id=ip.id, name=ip.floating_ip_address, site=cfg.site,
+                 created=made, address=ip.floating_ip_address, owned_by_lease=False)
+    return ip
 
 
 @dataclass
@@ -158,8 +208,13 @@ class Provisioned:
     created: dict[str, bool] = field(default_factory=dict)
 
 
+def _ip_description(cfg) -> str:
+    return f"replab {cfg.experiment}: allocated on demand"
+
+
 def _record_lease(state: State, cfg, lease: Mapping[str, Any], created: bool) -> None:
     state.record("lease", id=lease["id"], name=lease["name"], site=cfg.site, created=created,
+                 user_id=lease.get("user_id"),
                  status=lease.get("status"), start=iso(parse_time(lease["start_date"])),
                  end=iso(parse_time(lease["end_date"])),
                  reservations={r["resource_type"]: r["id"]
@@ -167,7 +222,8 @@ def _record_lease(state: State, cfg, lease: Mapping[str, Any], created: bool) ->
 
 
 def provision(cfg, blazar, conn, *, state: State, public_key: str,
-              now: _dt.datetime | None = None, lease_timeout: float = leases.LEASE_TIMEOUT,
+              now: _dt.datetime | None = None, floating_ip: str = leases.RESERVED,
+              lease_timeout: float = leases.LEASE_TIMEOUT,
               server_timeout: float = compute.SERVER_TIMEOUT,
               clock: Callable[[], float] = time.monotonic,
               sleep: Callable[[float], None] = time.sleep,
@@ -175,10 +231,15 @@ def provision(cfg, blazar, conn, *, state: State, public_key: str,
     """Lease, keypair, security group (KVM), server and floating IP for ``cfg``, each found
     or created, in the order :func:`plan` lists; every resource is recorded in ``state``
     as soon as it exists. Idempotent: a re-run adopts what exists, except a server in
-    ERROR (from a failed boot), which it deletes and boots again.
+    ERROR (from a failed boot), which it deletes and boots again. Only resources of the
+    calling user are adopted (names are per project; see ``_common.not_mine``).
 
-    Raises ConfigError (bad lease length, before any call), CloudError (a service refused,
-    or a resource went to ERROR, with the service's reason), ResourceTimeout.
+    ``floating_ip``: see :func:`leases.ensure_lease`. When the lease has no floating-IP
+    reservation (``"on_demand"``, or Blazar refused it) an IP is allocated from the public
+    network, recorded (``owned_by_lease: false``) so that the teardown releases it.
+
+    Raises ConfigError (bad lease length or image, before any call), CloudError (a service
+    refused, or a resource went to ERROR, with the service's reason), ResourceTimeout.
     """
     site = cfg.site_info
     if site.kind == sites.LOCAL:
@@ -189,11 +250,14 @@ def provision(cfg, blazar, conn, *, state: State, public_key: str,
     # the policy check, before any call (ensure_lease repeats it, at no cost)
     leases.lease_window(site, hours=cfg.lease_hours, start=cfg.lease_start, now=now,
                         past_ok=True)
+    check_image(cfg)
+    me = whoami(conn.session)
 
     public_id = compute.network_id(conn, compute.PUBLIC_NETWORK)
     flavor_id = compute.flavor_id(conn, cfg.flavor) if kvm else None
     lease, created = leases.ensure_lease(blazar, cfg, network_id=public_id,
-                                         flavor_id=flavor_id, now=now)
+                                         flavor_id=flavor_id, now=now, me=me,
+                                         floating_ip=floating_ip)
     _record_lease(state, cfg, lease, created)
     result = Provisioned(lease=lease, created={"lease": created})
     say(f"lease {lease['name']} ({lease['id']}): {'created' if created else 'exists'}, "
@@ -219,7 +283,7 @@ def provision(cfg, blazar, conn, *, state: State, public_key: str,
 
     reservation_id = leases.server_reservation_id(lease)
     server, made = compute.ensure_server(conn, cfg, reservation_id=reservation_id,
-                                         keypair=key.name)
+                                         keypair=key.name, me=me)
     if not made and server.status == "ERROR":
         # a boot that failed before (its fault was reported then): Nova never recovers an
         # ERROR server, so it is deleted and booted again on the same reservation
@@ -228,20 +292,18 @@ def provision(cfg, blazar, conn, *, state: State, public_key: str,
         compute.delete_server(conn, server.id, wait=True, clock=clock, sleep=sleep)
         state.mark_deleted("server")
         server, made = compute.ensure_server(conn, cfg, reservation_id=reservation_id,
-                                             keypair=key.name)
+                                             keypair=key.name, me=me)
     state.record("server", id=server.id, name=server.name, site=cfg.site, created=made,
-                 reservation_id=reservation_id, image=cfg.image)
+                 reservation_id=reservation_id, image=cfg.image,
+                 user_id=getattr(server, "user_id", None) or me.user_id)
     result.created["server"] = made
     say(f"server {server.name} ({server.id}): {'booting' if made else 'exists'}")
     server = compute.wait_for_server(conn, server.id, timeout=server_timeout, clock=clock,
                                      sleep=sleep, progress=say)
     result.server = server
 
-    ip = compute.reserved_floating_ip(conn, lease)
+    ip = _floating_ip(cfg, conn, lease, state, public_id, say)
     ip = compute.associate_floating_ip(conn, server, ip)
-    state.record("floating_ip", id=ip.id, name=ip.floating_ip_address, site=cfg.site,
-                 created=False, address=ip.floating_ip_address, owned_by_lease=True,
-                 reservation_id=next(iter(leases.fip_reservation_ids(lease)), None))
     result.address = ip.floating_ip_address
     log.info("provisioned %s: server %s at %s", cfg.experiment, server.name, result.address)
     say(f"server {server.name} is ACTIVE at {result.address}")
