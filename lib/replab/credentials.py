@@ -7,8 +7,9 @@ an **EC2 credential** (the object store's S3 API, used by MLflow and boto3), bot
 and are never printed or logged: displays show ids and masked values.
 
 Authentication sources, tried in order (:func:`authenticate`):
-1. Chameleon JupyterHub's environment: an OIDC access token (``OS_ACCESS_TOKEN``, refreshed
-   through the JupyterHub API when it can be), valid at every site;
+1. Chameleon JupyterHub's environment: an OIDC access token, asked from the JupyterHub API
+   whenever it is missing or about to expire (the hub's ``OS_ACCESS_TOKEN`` is set once, at
+   server start, and goes stale), valid at every site;
 2. an application credential in the environment (``OS_APPLICATION_CREDENTIAL_ID`` /
    ``_SECRET``) whose ``OS_AUTH_URL`` is the site's Keystone;
 3. a ``clouds.yaml`` entry (``cloud=``, ``OS_CLOUD``, or any entry for the site's Keystone).
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import hubtoken
 from ._files import write_private
 from .errors import CloudError, ConfigError
 from .redact import mask
@@ -124,39 +126,30 @@ def _same_keystone(a: str | None, b: str | None) -> bool:
     return bool(a) and norm(a) == norm(b)
 
 
-def _jupyterhub_plugin(auth_url: str, env: Mapping[str, str]):
+def _jupyterhub_plugin(auth_url: str, env: Mapping[str, str],
+                       clock: Callable[[], float] | None = None):
     from keystoneauth1.identity import v3
 
     token = env.get("OS_ACCESS_TOKEN")
-    if not token and env.get("JUPYTERHUB_API_URL") and env.get("JUPYTERHUB_API_TOKEN"):
-        token = _refresh_hub_token(env)
-    if not token:
+    if not (token or hubtoken.in_hub(env)):
         return None, "no OS_ACCESS_TOKEN (not in Chameleon's JupyterHub)"
     project = env.get("OS_PROJECT_NAME")
     project_id = env.get("OS_PROJECT_ID")
     if not (project or project_id):
         return None, "OS_ACCESS_TOKEN is set but no OS_PROJECT_NAME / OS_PROJECT_ID"
-    plugin = v3.OidcAccessToken(
-        auth_url=auth_url, identity_provider=env.get("OS_IDENTITY_PROVIDER", "chameleon"),
-        protocol=env.get("OS_PROTOCOL", "openid"), access_token=token,
-        project_id=project_id, project_name=None if project_id else project,
-        project_domain_name=None if project_id else env.get("OS_PROJECT_DOMAIN_NAME",
-                                                            "chameleon"))
-    return plugin, f"JupyterHub OIDC token for project {project_id or project}"
-
-
-def _refresh_hub_token(env: Mapping[str, str]) -> str | None:
-    import requests
-
-    try:
-        r = requests.get(f"{env['JUPYTERHUB_API_URL']}/users/{env.get('JUPYTERHUB_USER', '')}",
-                         headers={"authorization": f"token {env['JUPYTERHUB_API_TOKEN']}"},
-                         timeout=10)
-        r.raise_for_status()
-        return (r.json().get("auth_state") or {}).get("access_token")
-    except Exception as exc:
-        log.warning("could not refresh the JupyterHub access token: %s", exc)
-        return None
+    args = dict(auth_url=auth_url,
+                identity_provider=env.get("OS_IDENTITY_PROVIDER", "chameleon"),
+                protocol=env.get("OS_PROTOCOL", "openid"), access_token=token,
+                project_id=project_id, project_name=None if project_id else project,
+                project_domain_name=None if project_id else env.get("OS_PROJECT_DOMAIN_NAME",
+                                                                    "chameleon"))
+    if hubtoken.in_hub(env):
+        plugin = hubtoken.plugin_class()(hub_env=env, clock=clock, **args)
+        what = "JupyterHub OIDC token (refreshed through the hub)"
+    else:
+        plugin = v3.OidcAccessToken(**args)
+        what = "JupyterHub OIDC token from OS_ACCESS_TOKEN"
+    return plugin, f"{what} for project {project_id or project}"
 
 
 def _env_app_cred_plugin(auth_url: str, env: Mapping[str, str]):
