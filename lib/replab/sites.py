@@ -15,8 +15,15 @@ LOCAL = "local"
 IMAGE_CPU = "CC-Ubuntu24.04"
 IMAGE_CUDA = "CC-Ubuntu24.04-CUDA"
 IMAGE_ROCM = "CC-Ubuntu24.04-ROCm"
+#: Chameleon's ARM Ubuntu 24.04 image with CUDA, made for CHI@NCAR's GH200 nodes
+#: (Chameleon newsletter, September 2026: "we've created the OS image
+#: CC-Ubuntu24.04-CUDA-ARM64").
+IMAGE_CUDA_ARM64 = "CC-Ubuntu24.04-CUDA-ARM64"
 IMAGES = (IMAGE_CPU, IMAGE_CUDA, IMAGE_ROCM)
 IMAGE_FOR_VENDOR = {"nvidia": IMAGE_CUDA, "amd": IMAGE_ROCM, "none": IMAGE_CPU}
+
+X86_64 = "x86_64"
+ARM64 = "aarch64"
 
 GPU_VENDORS = ("nvidia", "amd", "none")
 
@@ -45,6 +52,14 @@ class Site:
     default_machine: str | None = None
     region: str | None = None
     doc: str = ""
+    arch: str = X86_64  # the machines' CPU architecture: the images must match it
+    image_for_vendor: tuple[tuple[str, str], ...] = ()  # overrides IMAGE_FOR_VENDOR
+
+    def image_for(self, vendor: str) -> str:
+        """The default image at this site for machines of ``vendor`` ("nvidia", "amd",
+        "none"): this site's own choice, else :data:`IMAGE_FOR_VENDOR`."""
+        return dict(self.image_for_vendor).get(vendor) or IMAGE_FOR_VENDOR.get(vendor,
+                                                                               IMAGE_CPU)
 
     @property
     def has_object_store(self) -> bool:
@@ -118,20 +133,30 @@ SITES: dict[str, Site] = {
             region="KVM@TACC",
             doc="TACC's KVM cloud (virtual machines); uses CHI@TACC's object store",
         ),
+        # CHI@NCAR, from Chameleon's newsletters (blog.chameleoncloud.org, May and
+        # September 2026): a core site since April 2026 with 40 "Compute Zen 5" nodes (AMD
+        # EPYC 4545P, no GPU; their node type name is not published there, so they are not
+        # listed) and 5 NVIDIA Grace nodes, each a GH200 Grace Hopper superchip (ARM
+        # Grace CPU + Hopper GPU); the ARM64 CUDA image is CC-Ubuntu24.04-CUDA-ARM64. Node
+        # type gpu_gh200_96gb as leased at the site (GH200 with 96 GB HBM3). x86 images go
+        # ACTIVE on these nodes but never boot.
         Site(
             name="CHI@NCAR",
             kind=BARE_METAL,
             auth_url="https://chi.hpc.ucar.edu:5000/v3",
             storage_site="CHI@TACC",
             s3_endpoint=None,
+            images=(IMAGE_CUDA_ARM64,),
             node_types=(
-                Machine("gpu_a100_pcie", "nvidia", "NVIDIA A100 PCIe"),
-                Machine("compute_cascadelake", "none"),
+                Machine("gpu_gh200_96gb", "nvidia", "NVIDIA GH200 Grace Hopper (ARM64)"),
             ),
             max_lease_hours=_WEEK,
-            default_machine="gpu_a100_pcie",
+            default_machine="gpu_gh200_96gb",
             region="CHI@NCAR",
-            doc="NCAR, bare metal, no object store (uses CHI@TACC's)",
+            doc="NCAR, bare metal, ARM64 GH200 nodes (image CC-Ubuntu24.04-CUDA-ARM64); "
+                "uses CHI@TACC's object store",
+            arch=ARM64,
+            image_for_vendor=(("nvidia", IMAGE_CUDA_ARM64),),
         ),
         Site(
             name="local",
@@ -164,6 +189,7 @@ def find_machine(name: str) -> list[tuple[str, Machine]]:
 
 
 __all__ = [
-    "BARE_METAL", "KVM", "LOCAL", "GPU_VENDORS", "IMAGES", "IMAGE_FOR_VENDOR",
+    "ARM64", "BARE_METAL", "KVM", "LOCAL", "GPU_VENDORS", "IMAGES", "IMAGE_CUDA_ARM64",
+    "IMAGE_FOR_VENDOR", "X86_64",
     "Machine", "Site", "SITES", "SITE_NAMES", "STORAGE_SITES", "get_site", "find_machine",
 ]
