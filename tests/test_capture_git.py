@@ -314,3 +314,101 @@ def test_hash_cap(tmp_path, caps):
         assert entry["sha256"] is None and "not hashed" in entry["omitted"]
     else:
         assert entry["sha256"] == hashlib.sha256(b"\x00" * 100).hexdigest()
+
+
+# -- secret-looking assignments in uncommitted changes and untracked files --------------------
+PW_DIFF, PW_YAML, PW_TRACKED, PW_ENV = ("Diff-Pw-4c1d", "Yaml-Pw-8e2f", "Tracked-Pw-7a3b",
+                                        "Env-Pw-5d9c")
+FIXTURE_PW = "Fixture-Pw-not-a-secret"
+KEPT_LINES = ('token = os.environ["HF_TOKEN"]', 'pad_token = "<pad>"', "max_tokens = 512",
+              f'password = "{PW_DIFF}-kept"  # replab: no-mask')
+
+
+def _repo_with_planted_secrets(tmp_path) -> Path:
+    """A repository whose uncommitted changes and untracked files hold planted passwords,
+    plus a fixture file opted out of masking through .gitattributes."""
+    repo = make_repo(tmp_path / "r", {
+        "train.py": "lr = 0.1\n", "settings.yaml": "epochs: 3\n",
+        ".gitattributes": "tests/fixtures/*.yaml replab-no-mask\n"})
+    (repo / "train.py").write_text(
+        f'lr = 0.2\npassword = "{PW_DIFF}"\n' + "\n".join(KEPT_LINES) + "\n")
+    (repo / "settings.yaml").write_text(f"epochs: 3\ndb:\n  password: {PW_TRACKED}\n")
+    (repo / "config.yaml").write_text(f"seed: 3\npassword: {PW_YAML}\napi_key: ${{API_KEY}}\n")
+    (repo / ".env").write_text(f"DB_PASSWORD={PW_ENV}\n")
+    (repo / "tests" / "fixtures").mkdir(parents=True)
+    (repo / "tests" / "fixtures" / "login.yaml").write_text(f"password: {FIXTURE_PW}\n")
+    return repo
+
+
+def test_planted_passwords_are_masked_in_the_record_and_the_replay_workspace(tmp_path, caplog):
+    from replab import replay  # the replay's own workspace builder, as `replab replay` runs it
+
+    repo = _repo_with_planted_secrets(tmp_path)
+    manifest = collect(["git"], repo=str(repo))
+    text = manifest_json(manifest)
+    for planted in (PW_DIFF + '"', PW_YAML, PW_TRACKED, PW_ENV):
+        assert planted not in text, planted
+    info = manifest["captures"]["git"]
+    assert info["diff_secrets_masked"] == 2  # train.py's password, settings.yaml's
+    assert info["diff_sha256"] == hashlib.sha256(info["diff"].encode()).hexdigest()
+    for line in KEPT_LINES:  # false positives and the line opted out stay as written
+        assert f"+{line}\n" in info["diff"], line
+    files = {f["path"]: f for f in info["untracked"]}
+    config = files["config.yaml"]
+    assert config["secrets_masked"] == 1 and "api_key: ${API_KEY}" in config["content"]
+    assert config["sha256"] == hashlib.sha256(config["content"].encode()).hexdigest()
+    assert files[".env"]["omitted"] == "may hold a secret"
+    fixture = files["tests/fixtures/login.yaml"]  # the per-file opt-out
+    assert fixture["content"] == f"password: {FIXTURE_PW}\n" and "secrets_masked" not in fixture
+    assert "masked in the run record" in caplog.text and PW_YAML not in caplog.text
+    # nor does the diff name the unmasked files' blobs (a hash to test guesses against)
+    for name in ("train.py", "settings.yaml"):
+        assert git(repo, "hash-object", name).strip() not in info["diff"], name
+
+    # the masked diff still applies to the commit
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    (tmp_path / "p.patch").write_text(info["diff"])
+    git(clone, "apply", "--check", str(tmp_path / "p.patch"))
+
+    source = replay.Source(run_id="r1", experiment=None, params={}, tags={}, metrics={},
+                           manifest=manifest, lock=None, origin="test")
+    ws = replay.rebuild_workspace(source, tmp_path / "ws", repo=repo, allow_missing=True)
+    train = (ws / "train.py").read_text()
+    assert 'password = "Dif…"' in train and f'password = "{PW_DIFF}"' not in train
+    assert all(line in train for line in KEPT_LINES)
+    assert (ws / "settings.yaml").read_text() == "epochs: 3\ndb:\n  password: Tra…\n"
+    assert (ws / "config.yaml").read_text() == "seed: 3\npassword: Yam…\napi_key: ${API_KEY}\n"
+    assert (ws / "tests/fixtures/login.yaml").read_text() == f"password: {FIXTURE_PW}\n"
+    assert not (ws / ".env").exists()
+
+    # a capture of the replay workspace records the same code: masking twice changes nothing
+    again = collect(["git"], repo=str(ws))["captures"]["git"]
+    assert again["diff_sha256"] == info["diff_sha256"] and "diff_secrets_masked" not in again
+    again_files = {f["path"]: f for f in again["untracked"]}
+    assert again_files["config.yaml"]["sha256"] == config["sha256"]
+
+
+def test_opting_out_per_file_covers_the_diff_too(tmp_path):
+    repo = make_repo(tmp_path / "r", {"conf/test.env": "A=1\n", "conf/prod.env": "A=1\n",
+                                      ".gitattributes": "conf/test.env replab-no-mask\n"})
+    (repo / "conf/test.env").write_text(f"A=1\nPASSWORD={FIXTURE_PW}\n")
+    (repo / "conf/prod.env").write_text(f"A=1\nPASSWORD={PW_ENV}\n")
+    info = capture_git(repo)
+    assert f"+PASSWORD={FIXTURE_PW}\n" in info["diff"] and PW_ENV not in info["diff"]
+    assert info["diff_secrets_masked"] == 1
+
+
+def test_masked_big_and_non_utf8_diffs_keep_no_planted_value(tmp_path):
+    repo = make_repo(tmp_path / "r", {"latin.cfg": "x\n", "big.cfg": "x\n"})
+    (repo / "latin.cfg").write_bytes(f"caf\xe9\npassword = {PW_DIFF}\n".encode("latin-1"))
+    info = capture_git(repo)
+    raw = base64.b64decode(info["diff_base64"])
+    assert b"caf\xe9" in raw and PW_DIFF.encode() not in raw and info["diff_secrets_masked"] == 1
+    assert hashlib.sha256(raw).hexdigest() == info["diff_sha256"]
+    (repo / "big.cfg").write_text("x = 1\n" * 100 + f"token: {PW_TRACKED}\n")
+    artifacts = tmp_path / "artifacts"
+    manifest = collect(["git"], repo=str(repo), diff_max_bytes=100, artifacts_dir=str(artifacts))
+    saved = (artifacts / "git-diff.patch").read_bytes()
+    assert PW_TRACKED.encode() not in saved and PW_DIFF.encode() not in saved
+    assert hashlib.sha256(saved).hexdigest() == manifest["captures"]["git"]["diff_sha256"]

@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import codecs
 import functools
+import hashlib
 import re
 from bisect import bisect_right
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 from .redact import ELLIPSIS, mask, redact_credentials, token_triggers
@@ -260,7 +261,8 @@ class MaskedDiff:
 
     diff: str
     lines: int
-    paths: tuple[str, ...]
+    paths: tuple[str, ...]  # files whose assignments were masked (the opt-out applies to them)
+    files: tuple[str, ...] = ()  # files with any masked line (for :func:`reindex`)
 
 
 def _unquote(name: str) -> str:
@@ -303,6 +305,7 @@ def mask_added_lines(diff: str, keep: Collection[str] = ()) -> MaskedDiff:
     starts, info = _sections(diff)
     out: list[str] = []
     paths: list[str] = []
+    files: list[str] = []
     last = changed = 0
     for start, end in _candidate_lines(diff):
         if not diff.startswith("+", start):
@@ -323,7 +326,58 @@ def mask_added_lines(diff: str, keep: Collection[str] = ()) -> MaskedDiff:
             out += (diff[last:start + 1], new)
             last = end
             changed += 1
+            if not files or files[-1] != path:
+                files.append(path)
     if not changed:
         return MaskedDiff(diff, 0, ())
     out.append(diff[last:])
-    return MaskedDiff("".join(out), changed, tuple(dict.fromkeys(paths)))
+    return MaskedDiff("".join(out), changed, tuple(dict.fromkeys(paths)),
+                      tuple(dict.fromkeys(files)))
+
+
+def _postimage(data: bytes, hunks: str) -> bytes | None:
+    """The new side of a file whose working-tree content is ``data``, with each line the
+    (masked) ``hunks`` add taken from them; None when they do not fit ``data``."""
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    n = 0
+    for line in hunks.split("\n"):
+        if line.startswith("@@ "):
+            m = _re(r"@@ -\d+(?:,\d+)? \+(\d+)").match(line)
+            if m is None:
+                return None
+            n = max(int(m[1]) - 1, 0)
+        elif line.startswith("+"):
+            if n >= len(lines):
+                return None
+            lines[n] = line[1:]
+            n += 1
+        elif line.startswith(" "):
+            n += 1
+    return "\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+def reindex(diff: str, files: Collection[str], read: Callable[[str], bytes | None]) -> str:
+    """``diff`` with the new-side blob id on the ``index`` line of each of ``files`` computed
+    for the content as masked: a replay that applies the diff gets that content, and its own
+    diff then names the same blob (the unmasked file's id, a hash one could test guesses of
+    the secret against, is gone). ``read(path)``: the working-tree bytes of a file, or None.
+    A file that cannot be read keeps its line. (A file git filters on the way in, such as
+    autocrlf, may get another id than git's: its replay then reports a code difference.)"""
+    starts, info = _sections(diff)
+    out: list[str] = []
+    last = 0
+    for i, start in enumerate(starts):
+        hunk, path = info[i]
+        if hunk < 0 or path not in files:
+            continue
+        m = _re(r"^index ([0-9a-f]+)\.\.([0-9a-f]+)", re.MULTILINE).search(diff, start, hunk)
+        data = read(path) if m else None
+        end = starts[i + 1] if i + 1 < len(starts) else len(diff)
+        image = None if data is None else _postimage(data, diff[hunk:end])
+        if image is None:
+            continue
+        blob = hashlib.sha1(b"blob %d\0" % len(image) + image).hexdigest()  # git's object id
+        out += (diff[last:m.start(2)], blob[:len(m[2])])
+        last = m.end(2)
+    out.append(diff[last:])
+    return "".join(out)

@@ -19,7 +19,7 @@ from typing import Any
 from replab.capture import Context, Skip, capture
 from replab.capture._util import run, sha256_file
 from replab.redact import secret_file, strip_url_credentials
-from replab.secretmask import GIT_ATTRIBUTE, mask_added_lines, mask_text
+from replab.secretmask import GIT_ATTRIBUTE, mask_added_lines, mask_text, reindex
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ UNTRACKED_MAX_FILES = 1000  # list at most this many untracked files
 UNTRACKED_HASH_MAX_BYTES = 256 * 1024 * 1024  # hash untracked files up to this size
 DIFF_MAX_BYTES = 32 * 1024 * 1024  # a bigger diff goes to an attachment, not the manifest
 
-_DIFF_ARGS = ["diff", "--binary", "--no-color", "--no-ext-diff", "--no-textconv",
-              "--src-prefix=a/", "--dst-prefix=b/"]
+# --full-index: whole blob ids, so that a masked file's id can be recomputed (secretmask.reindex)
+_DIFF_ARGS = ["diff", "--binary", "--full-index", "--no-color", "--no-ext-diff",
+              "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/"]
 
 
 class GitError(RuntimeError):
@@ -157,6 +158,17 @@ def no_mask_paths(root: str, paths: list[str]) -> set[str]:
             if fields[i + 2] not in ("unspecified", "unset", "false")}
 
 
+def _working_bytes(root: str, path: str) -> bytes | None:
+    full = os.path.join(root, path)
+    if os.path.islink(full):
+        return None
+    try:
+        with open(full, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
 def _diff(ctx: Context, root: str, commit: str | None) -> dict[str, Any]:
     if commit is None:  # no commits yet: diff against the empty tree
         base = git(["hash-object", "-t", "tree", "--stdin"], cwd=root).decode().strip()
@@ -173,7 +185,8 @@ def _diff(ctx: Context, root: str, commit: str | None) -> dict[str, Any]:
         if keep:
             masked = mask_added_lines(text, keep=keep)
     if masked.lines:
-        raw = masked.diff.encode("utf-8", "surrogateescape")
+        raw = reindex(masked.diff, masked.files, lambda path: _working_bytes(root, path)).encode(
+            "utf-8", "surrogateescape")
         log.warning("the uncommitted changes add %d line(s) holding what looks like a secret "
                     "(a token, a key, a URL with a password, a password = ... assignment): "
                     "masked in the run record; read secrets from the environment instead "
