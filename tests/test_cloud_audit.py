@@ -491,7 +491,7 @@ def test_defect9_trovi_metadata_loads_as_the_importer_loads_it(tmp_path):
     name / disambiguatingDescription / description / keywords / author / actionApplication.
     Trovi's limits: trovi/settings.py (title 140, short description 200, long 5000, tag 32,
     author name and affiliation 200)."""
-    rocrate = pytest.importorskip("rocrate.rocrate")
+    from rocrate import rocrate
     from rocrate.model.metadata import Metadata
 
     root = Path(__file__).parent.parent
