@@ -15,9 +15,10 @@
 # Answers a few questions and writes `<workdir>/config.yaml`, which every later notebook
 # reads, plus `<workdir>/README.md` with the exact next steps.
 #
-# - **Interactively** (JupyterHub, cell by cell): leave `experiment` empty, run all cells,
-#   fill the form (Basic needs four answers; Advanced shows the rest), press
-#   *Validate and save*, then run the last cells.
+# - **Interactively** (JupyterHub): leave `experiment` empty and Run All; the run stops
+#   after the form with one line until it is saved. Fill the form (Basic needs four
+#   answers; Advanced shows the rest, empty or 0 meaning the site default), press
+#   *Validate and save*, then run the cells below it for the summary and the plan.
 # - **Headless**: `papermill 0_configure.ipynb out.ipynb -p experiment mnist -p site CHI@UC`
 #   or `replab series --params params.yaml`. A headless run never waits for input.
 
@@ -62,7 +63,7 @@ result = form.configure(answers, interactive=interactive)
 # If you used the form, press *Validate and save* before running this cell.
 
 # %%
-cfg = config.load(workdir)
+cfg = form.saved_config(result)  # stops here, in one line, while the form waits
 display(Markdown(guide.summary_markdown(cfg)))
 display(Markdown("### What the next notebooks will create\n\n" + guide.plan_markdown(cfg)))
 

@@ -12,9 +12,32 @@ from typing import Any
 
 from . import config as config_mod
 from . import sites
-from .errors import ConfigError
+from .errors import ConfigError, ReplabError
 
 _NONE = ""  # dropdown value meaning "the site's default"
+_DEFAULTED = ("gpu_vendor", "node_type", "flavor", "image", "cuda_major")  # shown resolved
+
+
+class FormNotSaved(ReplabError):
+    """The cells after the form ran before the form was saved (Run All does that).
+
+    IPython shows ``_render_traceback_``'s lines instead of a traceback: one line saying what
+    to do, and Run All stops there without a red wall.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
+
+
+def saved_config(result) -> config_mod.Config:
+    """0_configure's cells after the form: the Config, whether it came from the parameters
+    (headless) or from the form once saved. Raises FormNotSaved while the form waits."""
+    if isinstance(result, config_mod.Config):
+        return result
+    if getattr(result, "result", None) is None:
+        raise FormNotSaved("waiting for the form above: fill it in and press Validate and "
+                           "save, then run the cells below")
+    return result.result
 
 
 class ConfigForm:
@@ -31,6 +54,7 @@ class ConfigForm:
         self._w = w
         self.on_save = on_save
         self.result: config_mod.Config | None = None
+        self.problems: list[tuple[str, str]] = []  # the last save's, shown in the form
         init = {k: v for k, v in (initial or {}).items() if v not in (None, "")}
         self._given = init
         text = self._text
@@ -59,9 +83,10 @@ class ConfigForm:
             "storage_site": w.Dropdown(options=["auto", *sites.STORAGE_SITES],
                                        description="Storage", value=init.get("storage_site",
                                                                              "auto")),
-            "lease_hours": w.BoundedIntText(value=init.get("lease_hours",
-                                                           config_mod.DEFAULT_LEASE_HOURS),
-                                            min=1, max=7 * 24, description="Lease (h)"),
+            # 0 is the site default; no bounds in the widget (it would clamp silently):
+            # the config says what the site allows, on save
+            "lease_hours": w.IntText(value=int(init.get("lease_hours") or 0),
+                                     description="Lease (h)"),
             "lease_start": text("Lease start", init.get("lease_start", "now"),
                                 "now or 2026-12-01 09:00"),
             "mlflow_backend": w.Dropdown(options=config_mod.MLFLOW_BACKENDS,
@@ -74,6 +99,7 @@ class ConfigForm:
             "workdir": text("Work dir", init.get("workdir", config_mod.DEFAULT_WORKDIR), ""),
         }
         self._initial_machine = (init.get("node_type"), init.get("flavor"))
+        self._refreshing = False
         self.save_button = w.Button(description="Validate and save", button_style="primary")
         self.output = w.Output()
         self.mode.observe(self._refresh, names="value")
@@ -86,12 +112,26 @@ class ConfigForm:
     def _text(self, label, value, placeholder):
         return self._w.Text(value=str(value), description=label, placeholder=placeholder)
 
+    def choices(self, key: str) -> list:
+        """The values a dropdown offers now ("" is the site default)."""
+        return [o[1] if isinstance(o, tuple) else o for o in self.fields[key].options]
+
     # -- which questions apply -----------------------------------------------------------
     def visible(self) -> list[str]:
         """Names of the fields shown now."""
         return [k for k, widget in self.fields.items() if widget.layout.display != "none"]
 
     def _refresh(self, _change=None) -> None:
+        if self._refreshing:  # relabelling a dropdown changes it, which calls back here
+            return
+        self._refreshing = True
+        try:
+            self._show_applicable()
+            self._label_defaults()
+        finally:
+            self._refreshing = False
+
+    def _show_applicable(self) -> None:
         site = sites.get_site(self.fields["site"].value)
         advanced = self.mode.value == "Advanced"
         vendor = self.fields["gpu_vendor"].value
@@ -117,6 +157,34 @@ class ConfigForm:
         }
         for key, widget in self.fields.items():
             widget.layout.display = None if shows.get(key, True) else "none"
+        lease = self.fields["lease_hours"]
+        lease.description = (f"Lease (h, 0: {config_mod.DEFAULT_LEASE_HOURS})"
+                             if site.max_lease_hours is not None else "Lease (h)")
+
+    def _label_defaults(self) -> None:
+        """Each "site default" choice of a dropdown is labelled with the value it stands for
+        here (``default (gpu_rtx_6000)``), as the config would resolve it."""
+        for key in _DEFAULTED:
+            dd = self.fields[key]
+            resolved = self._default_of(key)
+            label = f"default ({resolved})" if resolved not in (None, "") else "default"
+            value = dd.value
+            options = [(label, _NONE), *((str(o[1] if isinstance(o, tuple) else o),) * 2
+                                         for o in dd.options
+                                         if (o[1] if isinstance(o, tuple) else o) != _NONE)]
+            if list(dd.options) != options:
+                dd.options = options
+                dd.value = value
+
+    def _default_of(self, key: str):
+        """What the config makes of ``key`` left empty, the other answers as they are."""
+        params = {k: v for k, v in self.parameters().items()
+                  if k not in (key, "experiment", "repository")}
+        try:
+            cfg = config_mod.from_parameters({**params, "experiment": "preview"})
+        except ConfigError:
+            return None
+        return getattr(cfg, key)
 
     # -- values --------------------------------------------------------------------------
     def parameters(self) -> dict[str, Any]:
@@ -134,21 +202,22 @@ class ConfigForm:
         return out
 
     def save(self) -> config_mod.Config | None:
-        """Validate, write the work directory (config, params, README) and show the plan."""
-        from IPython.display import Markdown, display
-
+        """Validate and write the work directory (config, params, README); on a problem show
+        every one in the form and write nothing. The plan is the next cells' to show."""
         from . import guide
 
         self.output.clear_output()
+        self.problems = []
         with self.output:
             try:
                 cfg = config_mod.from_parameters(self.parameters())
             except ConfigError as exc:
+                self.problems = exc.problems
                 print(exc)
                 return None
             guide.write(cfg)
-            display(Markdown(guide.summary_markdown(cfg) + "\n" + guide.plan_markdown(cfg)))
-            print(f"saved {config_mod.config_path(cfg.workdir)}; run the next cell.")
+            print(f"saved {config_mod.config_path(cfg.workdir)}; now run the cells below "
+                  "(Run > Run Selected Cell and All Below) for the summary and the plan")
         self.result = cfg
         if self.on_save:
             self.on_save(cfg)
