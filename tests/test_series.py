@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from replab import series
 from replab.errors import ConfigError, NotebookFailed
 from tests.conftest import ROOT
+from tests.notebooks import outputs_text
 
 
 def _notebook(path, *cells, params="workdir: str = 'work'"):
@@ -100,6 +102,11 @@ def test_cli_series_success_and_failure(artifact, tmp_path):
     assert bad.returncode == 1
     assert "2_fail failed at cell 3" in bad.stderr and "bad value 42" in bad.stderr
     assert "2_fail.ipynb" in bad.stderr
+    # the kernels' own console noise stays out of the series' output and its notebooks
+    executed = "".join(outputs_text(p) for p in (wd / "runs").rglob("*.ipynb"))
+    for text in (ok.stdout + ok.stderr, bad.stdout + bad.stderr, executed):
+        assert "without encryption" not in text and "KeyboardInterrupt caught" not in text
+        assert "IPKernelApp" not in text
     wrong = subprocess.run(cmd + ["-p", "site=CHI@Mars"], capture_output=True, text=True)
     assert wrong.returncode == 1 and "CHI@Mars" in wrong.stderr
 
@@ -108,3 +115,60 @@ def test_cli_bad_params_file_is_a_config_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "replab.cli", "series", "--params",
                           str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert out.returncode == 2 and "nope.yaml does not exist" in out.stderr
+
+
+@pytest.mark.parametrize("how", ["param", "file"])
+def test_a_parameter_no_notebook_declares_is_refused_with_the_closest_name(
+        artifact, tmp_path, how):
+    params = tmp_path / "params.yaml"
+    given = dict(PARAMS, **({"sitee": "local"} if how == "file" else {}))
+    params.write_text("\n".join(f"{k}: {v}" for k, v in given.items()))
+    cmd = [sys.executable, "-m", "replab.cli", "series", "--params", str(params),
+           "--root", str(artifact), "--workdir", str(tmp_path / "wd")]
+    out = subprocess.run(cmd + (["-p", "sitee=local"] if how == "param" else []),
+                         capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        "replab: invalid configuration in the series parameters: sitee: not a parameter of "
+        "any notebook in the series; did you mean 'site'?")
+    assert not (tmp_path / "wd").exists()  # refused before anything ran
+
+
+def test_path_parameters_are_injected_absolute_and_the_executed_copy_reruns(
+        artifact, tmp_path, monkeypatch):
+    import papermill
+
+    _notebook(artifact / "1_check.ipynb",
+              "import json, os\n"
+              "json.dump({'repo': repo, 'clouds_file': clouds_file, 'run': run,\n"
+              "           'remote': remote}, open(os.path.join(workdir, 'seen.json'), 'w'))",
+              params="workdir: str = 'work'\nrepo: str = ''\nclouds_file: str = ''\n"
+                     "run: str = 'latest'\nremote: str = ''")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "proj").mkdir()
+    result = series.run_series(
+        dict(PARAMS, workdir="rel/wd", repo="proj", clouds_file="~/clouds.yaml",
+             run="b/run.tar.gz", remote="x"), root=artifact, stamp="t9")
+    wd = tmp_path / "rel" / "wd"
+    assert result.workdir == str(wd)
+    seen = json.loads((wd / "seen.json").read_text())
+    assert seen == {"repo": str(tmp_path / "proj"),
+                    "clouds_file": str(Path("~/clouds.yaml").expanduser()),
+                    "run": str(tmp_path / "b" / "run.tar.gz"), "remote": "x"}
+    (wd / "seen.json").unlink()
+    # the executed copy, re-run from its own folder, finds the same paths
+    kept = wd / "runs" / "t9" / "1_check.ipynb"
+    papermill.execute_notebook(str(kept), str(tmp_path / "again.ipynb"), cwd=str(kept.parent),
+                               progress_bar=False)
+    assert json.loads((wd / "seen.json").read_text()) == seen
+
+
+def test_urls_stay_urls():
+    from replab import parampaths
+
+    assert parampaths.absolute_paths({"repo": "https://github.com/a/b.git", "run": "abc123",
+                                      "experiment": "demo"}, "/base") == {
+        "repo": "https://github.com/a/b.git", "run": "abc123", "experiment": "demo"}
+    assert parampaths.absolute_paths({"repo": "git@github.com:a/b.git"})["repo"] == (
+        "git@github.com:a/b.git")
+    assert parampaths.absolute_paths({"repo": "."}, "/base") == {"repo": "/base"}
