@@ -24,11 +24,18 @@ def test_replab_demo_ends_in_a_verdict_with_a_running_lab(tmp_path):
                    "4_replay", "5_teardown"):
             assert f"{nb} ok" in text, nb
         assert re.search(r"MLflow: http://127\.0\.0\.1:\d+", text)
+        assert f"(token: {wd / 'secrets' / 'lab.env'})" in text  # where, never "secrets/..."
+        for noise in ("without encryption", "KeyboardInterrupt caught", "IPKernelApp"):
+            assert noise not in text + out.stderr
         assert re.search(r"run [0-9a-f]{32}: http://127\.0\.0\.1:\d+/#/experiments/", text)
         assert "verdict REPRODUCED" in text
         status = subprocess.run([*cli, "lab", "status", "--workdir", str(wd)],
                                 capture_output=True, text=True)
-        assert '"healthy": true' in status.stdout
+        assert status.returncode == 0 and status.stdout.startswith("lab: healthy")
+        assert re.search(r"^mlflow +yes +yes ", status.stdout, re.M)
+        as_json = subprocess.run([*cli, "lab", "status", "--json", "--workdir", str(wd)],
+                                 capture_output=True, text=True)
+        assert '"healthy": true' in as_json.stdout
         assert list((wd / "buckets" / "demo-backups").rglob("*.json"))  # teardown backed up
     finally:
         subprocess.run([*cli, "lab", "stop", "--workdir", str(wd)], capture_output=True)

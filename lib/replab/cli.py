@@ -91,18 +91,18 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _jupyter_line(workdir: Path, info: dict) -> str:
-    """JupyterLab's URL, and where its token is (the lab's helper when it has one)."""
+def _lab_line(workdir: Path, info: dict) -> str:
+    """The lab's URLs and the absolute path of the Jupyter token's file, in one line."""
     from . import lab
 
-    helper = getattr(lab, "jupyter_access", None)
-    if helper is not None:  # (tokenized URL, absolute token file)
-        url, token_file = helper(workdir, info)
-        return f"JupyterLab: {url} (token in {token_file})"
+    describe = getattr(lab, "describe", None)  # with the tokenized JupyterLab URL
+    if describe is not None:
+        return describe(workdir)
     from .credentials import SecretsStore
 
     token_file = SecretsStore(workdir).path(SecretsStore.LAB_ENV)
-    return f"JupyterLab: {info.get('jupyter_url')} (token: JUPYTER_TOKEN in {token_file})"
+    return (f"MLflow: {info.get('mlflow_url')}   JupyterLab: {info.get('jupyter_url')} "
+            f"(token: {token_file})")
 
 
 def _demo_summary(workdir: Path) -> None:
@@ -114,7 +114,7 @@ def _demo_summary(workdir: Path) -> None:
         return
     info = json.loads(lab_file.read_text())
     url = info.get("mlflow_url")
-    print(f"MLflow: {url}   {_jupyter_line(workdir, info)}")
+    print(_lab_line(workdir, info))
     try:
         from mlflow.tracking import MlflowClient
 
