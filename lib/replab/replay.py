@@ -405,6 +405,7 @@ class ReplayResult:
     execution: Execution
     verdict: Any = None  # replab.verdict.Verdict
     report: dict[str, Path] = field(default_factory=dict)
+    links: Any = None  # replab.runlinks.Links; None when linking failed
 
 
 def record_of(source: Source):
@@ -451,8 +452,35 @@ def replay_run(run_or_bundle: str, *, experiment: str | None = None,
         report_mod.log_report(client, ex.new_run_id, paths, v)
     except Exception as exc:  # the report is on disk; the server may refuse big artifacts
         log.warning("could not attach the report to run %s: %s", ex.new_run_id, exc)
+    links = _publish(client, source, new, v.verdict.value, say)
     say(f"verdict: {v.verdict.value}; report in {base / 'report'}")
-    return ReplayResult(source, ws, python, mismatches, ex, v, paths)
+    return ReplayResult(source, ws, python, mismatches, ex, v, paths, links)
+
+
+def _publish(client, source: Source, new, outcome: str, say: Say):
+    """Link the replay and its original both ways and give both the readable environment
+    summary where they lack it. Problems are logged: the verdict stands without them."""
+    from . import envsummary, runlinks
+
+    try:
+        links = runlinks.link_replay(client, source.run_id, new.run_id, verdict=outcome,
+                                     tracking_uri=client.tracking_uri, origin=source.origin)
+    except Exception as exc:
+        log.warning("could not link replay %s to run %s: %s", new.run_id, source.run_id, exc)
+        return None
+    on_server = [(new.run_id, new.manifest)] + (
+        [(source.run_id, source.manifest)] if links.original_url else [])
+    for run_id, manifest in on_server:
+        try:
+            if manifest:
+                envsummary.log_missing(client, run_id, manifest)
+        except Exception as exc:
+            log.warning("could not log the environment summary of run %s: %s", run_id, exc)
+    say(f"replay in the MLflow UI: {links.replay_url}")
+    if links.original_url:
+        say(f"original in the MLflow UI: {links.original_url}"
+            + ("" if links.back_linked else " (it could not be updated to list the replay)"))
+    return links
 
 
 def _record(run_or_bundle: str, tracking_uri: str | None):
