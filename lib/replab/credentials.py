@@ -13,6 +13,10 @@ Authentication sources, tried in order (:func:`authenticate`):
 2. an application credential in the environment (``OS_APPLICATION_CREDENTIAL_ID`` /
    ``_SECRET``) whose ``OS_AUTH_URL`` is the site's Keystone;
 3. a ``clouds.yaml`` entry (``cloud=``, ``OS_CLOUD``, or any entry for the site's Keystone).
+
+Before them, when python-chi's ``chi.context`` is in use in the kernel and points at this
+site's Keystone, its own session; its project (``chi.context.use_project``) scopes all of
+them (see ``replab.cloud.python_chi``).
 """
 
 from __future__ import annotations
@@ -110,7 +114,7 @@ class Auth:
 
     session: Any  # keystoneauth1.session.Session
     auth_url: str
-    source: str  # "jupyterhub", "environment", "clouds.yaml"
+    source: str  # "python-chi", "jupyterhub", "environment", "clouds.yaml"
     description: str
     user_id: str
     project_id: str
@@ -199,28 +203,68 @@ def _clouds_plugin(auth_url: str, env: Mapping[str, str], cloud: str | None,
     return None, f"no clouds.yaml entry for {auth_url} (have: {', '.join(names)})"
 
 
+def _chi_session(auth_url: str, chi):
+    """python-chi's session (``chi.context.session()``) when its context is for this
+    Keystone: ``(session, description)``, or ``(None, why not)``."""
+    if chi is None:
+        return None, "python-chi's chi.context is not imported in this kernel"
+    if not chi.is_for(auth_url):
+        return None, (f"python-chi's context is for {chi.auth_url or 'no Keystone'} "
+                      f"({chi.region or 'no site'}), not {auth_url}")
+    try:
+        sess = chi.session()
+    except CloudError as exc:
+        return None, str(exc)
+    project = chi.project_name or chi.project_id or "its default project"
+    return sess, f"python-chi's context (chi.context.session(), {chi.auth_type}) for {project}"
+
+
+def sources(auth_url: str, *, env: Mapping[str, str] | None = None, cloud: str | None = None,
+            clouds_file: str | None = None, chi: Any = None) -> list[tuple[str, Callable]]:
+    """The authentication sources :func:`authenticate` tries, in order: ``(name, make)``
+    where ``make()`` returns ``(plugin or session, description)`` or ``(None, why not)``
+    and makes no network call. ``chi``: a ``replab.cloud.python_chi.ChiContext`` (None:
+    none; see :func:`authenticate`)."""
+    env = os.environ if env is None else env
+    if chi is not None:
+        env = chi.project_env(env)
+    return [
+        ("python-chi", lambda: _chi_session(auth_url, chi)),
+        ("jupyterhub", lambda: _jupyterhub_plugin(auth_url, env)),
+        ("environment", lambda: _env_app_cred_plugin(auth_url, env)),
+        ("clouds.yaml", lambda: _clouds_plugin(auth_url, env, cloud, clouds_file)),
+    ]
+
+
 def authenticate(auth_url: str, *, env: Mapping[str, str] | None = None,
                  cloud: str | None = None, clouds_file: str | None = None,
-                 timeout: float = 30) -> Auth:
+                 timeout: float = 30, chi: Any = None) -> Auth:
     """Authenticate to the Keystone at ``auth_url`` with the first source that works.
+
+    ``chi``: a python-chi context (``replab.cloud.python_chi.ChiContext``); by default the
+    one of this kernel when ``chi.context`` is imported and ``env`` is not given (``False``:
+    never). Its project (``chi.context.use_project``) scopes every source, and at its own
+    Keystone its session (``chi.context.session()``) is tried first.
 
     Raises CloudError listing every source and why it did not work.
     """
     from keystoneauth1 import session as ks_session
 
-    env = os.environ if env is None else env
-    sources: list[tuple[str, Callable]] = [
-        ("jupyterhub", lambda: _jupyterhub_plugin(auth_url, env)),
-        ("environment", lambda: _env_app_cred_plugin(auth_url, env)),
-        ("clouds.yaml", lambda: _clouds_plugin(auth_url, env, cloud, clouds_file)),
-    ]
+    if chi is None and env is None:
+        from .cloud import python_chi
+
+        chi = python_chi.current()
     tried = []
-    for name, make in sources:
+    for name, make in sources(auth_url, env=env, cloud=cloud, clouds_file=clouds_file,
+                              chi=chi or None):
         plugin, description = make()
         if plugin is None:
             tried.append(f"{name}: {description}")
             continue
-        sess = ks_session.Session(auth=plugin, timeout=timeout)
+        if isinstance(plugin, ks_session.Session):
+            sess, plugin = plugin, plugin.auth
+        else:
+            sess = ks_session.Session(auth=plugin, timeout=timeout)
         try:
             access = plugin.get_access(sess)
         except Exception as exc:

@@ -60,22 +60,53 @@ def local_prerequisites(cfg) -> list[Check]:
     return checks
 
 
-def plan_markdown(cfg, state=None) -> str:
-    """The calls 2_provision would make (nothing for ``local``)."""
+def plan_markdown(cfg, state=None, *, availability: bool = False, clients=None,
+                  cloud_name: str | None = None, clouds_file: str | None = None,
+                  now=None) -> str:
+    """The calls 2_provision would make (nothing for ``local``).
+
+    ``availability=True`` (or ``clients`` given) adds what Blazar says about the machine:
+    free now and the next free slot for the lease (:func:`availability_markdown`); it
+    authenticates (``cloud_name``/``clouds_file``) unless ``clients`` are given, and reads
+    only. A python-chi context at another site than the config's is noted."""
     from . import cloud, hostsetup
 
     if cfg.is_local:
         return ("**site=local**: no lease, no server; this machine is the host. "
                 "Its prerequisites are checked below.\n")
     calls = cloud.plan(cfg, state=state)
-    lines = [f"**Plan for {cfg.site}** ({len(calls)} calls; nothing is created in a dry run)",
-             "", "| # | call | what |", "|---|---|---|"]
+    lines = [f"**Plan for {cfg.site}** ({len(calls)} calls; nothing is created in a dry run)"]
+    note = cloud.python_chi.check_site(cfg)
+    if note:
+        lines += ["", f"Note: {note}."]
+    lines += ["", "| # | call | what |", "|---|---|---|"]
     lines += [f"| {i} | `{c.method} {c.service} {c.path}` | {c.summary} |"
               for i, c in enumerate(calls, 1)]
     lines += ["", "Then over SSH, each step checked before it acts (`setup_host=False` skips "
               "them): " + ", ".join(f"`{name}`" for name in hostsetup.step_names(cfg))
               + "."]
+    if availability or clients is not None:
+        lines += ["", availability_markdown(cfg, clients=clients, cloud_name=cloud_name,
+                                            clouds_file=clouds_file, now=now).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def availability_markdown(cfg, *, clients=None, cloud_name: str | None = None,
+                          clouds_file: str | None = None, now=None) -> str:
+    """``replab.cloud.availability.summary`` of ``cfg``'s machine as markdown (read-only
+    Blazar calls; KVM also ``GET /flavors``). When authenticating or Blazar fails, the text
+    says so and why (the plan is still shown; provisioning would fail the same way)."""
+    from . import cloud, sites
+
+    try:
+        clients = clients or cloud_connect(cfg, cloud_name, clouds_file)
+        flavor = (cloud.flavor_id(clients.conn, cfg.flavor)
+                  if cfg.site_info.kind == sites.KVM else None)
+        found = cloud.availability.summary(clients.blazar, cfg, flavor_id=flavor, now=now)
+    except ReplabError as exc:
+        log.warning("availability of %s at %s not checked: %s", cfg.machine, cfg.site, exc)
+        return f"**Availability of `{cfg.machine}` at {cfg.site}**: not checked: {exc}\n"
+    return found.markdown()
 
 
 def _public_key(path: str) -> str:

@@ -10,8 +10,9 @@ all through :func:`wait_for` and its injectable clock. :func:`plan` lists every 
 :func:`provision` (2_provision) would make, without making any; :class:`State` is
 ``<workdir>/state.json``, the teardown inventory.
 
-Modules: ``leases`` (Blazar), ``availability`` (when a lease could start), ``compute`` (Nova,
-Neutron, Glance), ``provision`` (plan and provision), ``state``.
+Modules: ``leases`` (Blazar), ``availability`` (what is free now, when a lease could start),
+``compute`` (Nova, Neutron, Glance), ``provision`` (plan and provision), ``state``,
+``python_chi`` (a python-chi user's ``chi.context``, session and ``chi.lease.Lease``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from . import availability, python_chi
 from ._common import Whoami, not_mine, wait_for, whoami
-from .availability import Slot, next_free_slot
+from .availability import Availability, Slot, next_free_slot
 from .compute import (
     DEFAULT_NETWORK,
     DEFAULT_RULES,
@@ -90,10 +92,12 @@ def clients(session, *, region: str | None) -> Clients:
 
 
 def connect(cfg, *, env: Mapping[str, str] | None = None, cloud: str | None = None,
-            clouds_file: str | None = None) -> Clients:
+            clouds_file: str | None = None, chi: Any = None) -> Clients:
     """Authenticate at ``cfg``'s compute site (see ``replab.credentials.authenticate``) and
     return its clients. For notebooks; library functions take clients as arguments.
 
+    ``chi``: a python-chi context (:mod:`.python_chi`); by default this kernel's
+    ``chi.context`` when imported: at that site its ``chi.context.session()`` is used.
     Raises CloudError listing every authentication source tried.
     """
     from ..credentials import authenticate
@@ -102,12 +106,13 @@ def connect(cfg, *, env: Mapping[str, str] | None = None, cloud: str | None = No
     if not cfg.auth_url:
         raise ConfigError([("auth_url", f"{cfg.site} has no Keystone URL; set "
                                         "endpoints.auth_url")])
-    auth = authenticate(cfg.auth_url, env=env, cloud=cloud, clouds_file=clouds_file)
+    auth = authenticate(cfg.auth_url, env=env, cloud=cloud, clouds_file=clouds_file, chi=chi)
     return clients(auth.session, region=cfg.region)
 
 
 __all__ = [
-    "Clients", "DEFAULT_NETWORK", "DEFAULT_RULES", "EXTENSION_WINDOW_HOURS",
+    "Availability", "Clients", "availability", "python_chi", "DEFAULT_NETWORK",
+    "DEFAULT_RULES", "EXTENSION_WINDOW_HOURS",
     "FLOATING_IP_MODES", "LeaseWindow", "Whoami", "allocate_floating_ip", "failure_reasons",
     "not_mine", "whoami",
     "PUBLIC_NETWORK", "PlannedCall", "Provisioned", "Rule", "SSH", "STATE_FILE", "Slot",

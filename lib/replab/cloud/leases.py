@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import sites
 from ..errors import CloudError, ConfigError
+from . import python_chi
 from ._common import (
     Progress,
     Whoami,
@@ -295,8 +296,10 @@ def find_lease(client, name: str) -> dict | None:
     return found[0] if found else None
 
 
-def get_lease(client, lease_id: str) -> dict:
-    """``GET /leases/<id>``; raises CloudError (also when it does not exist)."""
+def get_lease(client, lease: Any) -> dict:
+    """``GET /leases/<id>`` of ``lease`` (an id, a lease dict or a ``chi.lease.Lease``);
+    raises CloudError (also when it does not exist)."""
+    lease_id = python_chi.lease_id(lease)
     with blazar_errors(f"GET /leases/{lease_id}"):
         return client.lease.get(lease_id)
 
@@ -428,17 +431,20 @@ def _create(client, body: Mapping[str, Any]) -> dict:
                                    events=body["events"])
 
 
-def wait_for_lease(client, lease_id: str, *, timeout: float = LEASE_TIMEOUT,
+def wait_for_lease(client, lease: Any, *, timeout: float = LEASE_TIMEOUT,
                    interval: float = LEASE_INTERVAL, clock: Callable[[], float] = time.monotonic,
                    sleep: Callable[[float], None] = time.sleep,
                    progress: Progress | None = None) -> dict:
-    """Poll ``GET /leases/<id>`` until the lease is ACTIVE; return it.
+    """Poll ``GET /leases/<id>`` until ``lease`` (id, dict, ``chi.lease.Lease``) is ACTIVE;
+    return it (Blazar's dict).
 
     Raises CloudError with what Blazar records (:func:`failure_reasons`) when it goes to
     ERROR (or ends), and
     ResourceTimeout after ``timeout`` seconds. A degraded ACTIVE lease is returned, with a
     warning logged.
     """
+    lease_id = python_chi.lease_id(lease)
+
     def failed(lease):
         if lease.get("status") == ERROR:
             return f"lease {lease.get('name')} ({lease_id}) is in ERROR: {_why(lease)}"
@@ -456,16 +462,19 @@ def wait_for_lease(client, lease_id: str, *, timeout: float = LEASE_TIMEOUT,
     return lease
 
 
-def extend_lease(client, lease: Mapping[str, Any], hours: float, *, site: sites.Site,
+def extend_lease(client, lease: Any, hours: float, *, site: sites.Site,
                  now: _dt.datetime | None = None,
                  window_hours: float | None = EXTENSION_WINDOW_HOURS) -> dict:
     """Move ``lease``'s end ``hours`` later: ``PUT /leases/<id>`` with the new ``end_date``
-    (blazarclient reads the lease first: ``GET /leases/<id>``).
+    (blazarclient reads the lease first: ``GET /leases/<id>``). A ``chi.lease.Lease`` or
+    an id is read first (``GET /leases/<id>``).
 
     Checked against the site's policy first (see :func:`extension_problem`): a refused
     extension raises ConfigError before any call. Raises CloudError when Blazar refuses
     (e.g. the node is reserved by someone else after the current end).
     """
+    if not isinstance(lease, Mapping):
+        lease = get_lease(client, lease)
     problem = extension_problem(lease, hours, site=site, now=now, window_hours=window_hours)
     if problem:
         raise ConfigError([("hours", f"cannot extend lease {lease.get('name')} "
@@ -477,15 +486,16 @@ def extend_lease(client, lease: Mapping[str, Any], hours: float, *, site: sites.
     return updated
 
 
-def delete_lease(client, name_or_id: str, ignore_missing: bool = True, *,
+def delete_lease(client, name_or_id: Any, ignore_missing: bool = True, *,
                  me: Whoami | None = None) -> bool:
-    """Delete a lease by id (``DELETE /leases/<id>``) or name (``GET /leases`` first).
+    """Delete a lease by id (``DELETE /leases/<id>``; also a ``chi.lease.Lease`` or dict)
+    or name (``GET /leases`` first).
 
     Returns whether it deleted; a lease already gone returns False, or raises CloudError
     when ``ignore_missing`` is False. By name with ``me``: a lease of another user of the
     project is refused (CloudError), never deleted.
     """
-    lease_id = name_or_id
+    lease_id = name_or_id = python_chi.lease_id(name_or_id)
     if not is_uuid(name_or_id):
         lease = find_lease(client, name_or_id)
         if lease is None:
