@@ -3,9 +3,11 @@ re-execute its entrypoint, and link the new run to the original.
 
 Pipeline (each step a function, as papermill's execute is): :func:`fetch` (or
 :func:`load_bundle`) -> :func:`rebuild_workspace` -> :func:`ensure_environment` ->
-:func:`execute` -> the new run, tagged ``replab.replay_of``. Anything that cannot be
-restored raises :class:`~replab.errors.ReplayError` naming what is missing, and leaves
-nothing half-written behind.
+:func:`execute` -> the new run, tagged ``replab.replay_of``, judged (:mod:`replab.verdict`,
+:mod:`replab.report`) and linked to its original both ways (:mod:`replab.runlinks`). Anything
+that cannot be restored raises :class:`~replab.errors.ReplayError` naming what is missing,
+and leaves nothing half-written behind. The environment building is in
+:mod:`replab.replayenv`, the displays of 4_replay in :mod:`replab.replayview`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ from .replayenv import (  # noqa: F401  (re-exported: replay.ensure_environment 
     ensure_environment,
     lock_mismatches,
     parse_lock,
+)
+from .replayview import (  # noqa: F401  (re-exported: the displays 4_replay calls)
+    Target,
+    diff_here_markdown,
+    notebook_target,
+    record_markdown,
 )
 
 log = logging.getLogger(__name__)
@@ -388,11 +396,13 @@ def _find_replay(uri: str, original: str, since_ms: int) -> str | None:
             [e.experiment_id for e in client.search_experiments()],
             filter_string=f"tags.`{tracking.TAG_REPLAY_OF}` = '{original}' and "
                           f"attributes.start_time >= {since_ms}",
-            order_by=["attributes.start_time DESC"], max_results=1)
+            order_by=["attributes.start_time DESC"], max_results=50)
     except Exception as exc:
         log.warning("cannot look up the replay run: %s", exc)
         return None
-    return runs[0].info.run_id if runs else None
+    # runs the program nests inside its own run carry the tag too: the replay is the top one
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return (top or runs)[0].info.run_id if runs else None
 
 
 # -- the whole replay, to a verdict ----------------------------------------------------------
@@ -505,73 +515,3 @@ def diff(run_a: str, run_b: str, *, tracking_uri: str | None = None) -> list:
 
     a, b = _record(run_a, tracking_uri), _record(run_b, tracking_uri)
     return env_diff(a.manifest, b.manifest)
-
-
-# -- displays for 4_replay -------------------------------------------------------------------
-def record_markdown(source: Source) -> str:
-    """The record of a run, for display: where it comes from, params, final metrics, and
-    the environment it ran in."""
-    c = source.captures
-    git, py = c.get("git") or {}, c.get("python") or {}
-    gpu, entry = c.get("gpu") or {}, c.get("entrypoint") or {}
-    plat = c.get("platform") or {}
-    env_rows = [
-        ("code", f"{(git.get('commit') or '?')[:12]}"
-                 f"{' + uncommitted changes' if git.get('dirty') else ''}"
-                 f" ({git.get('remote_url') or 'no remote'})"),
-        ("entrypoint", f"{entry.get('kind', '?')}: {entry.get('path') or entry.get('module') or ' '.join(entry.get('command') or [])} {' '.join(entry.get('argv') or [])}"),  # noqa: E501
-        ("python", f"{py.get('version', '?')} ({py.get('implementation', '?')})"),
-        ("packages", f"{len((c.get('packages') or {}).get('versions') or {})} installed, "
-                     f"lock {((c.get('packages') or {}).get('lock_hash') or '?')[:12]}"),
-        ("platform", f"{(plat.get('distribution') or {}).get('PRETTY_NAME', '?')}, "
-                     f"{plat.get('cpu_model', '?')} x{plat.get('cpu_count', '?')}"),
-        ("GPU", ", ".join(d.get("name", "?") for d in gpu.get("devices") or []) or "none"),
-        ("seed", source.tags.get(tracking.TAG_SEED, "not recorded")),
-    ]
-    lines = [f"### Run `{source.run_id}`", "", f"From {source.origin}; experiment "
-             f"`{source.experiment}`.", "", "| parameter | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in sorted(source.params.items())] or ["| (none) | |"]
-    lines += ["", "| metric | points | final |", "|---|---|---|"]
-    lines += [f"| {k} | {len(v)} | {v[-1][1]:.6g} |" for k, v in sorted(source.metrics.items())
-              if v]
-    lines += ["", "| environment | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env_rows]
-    return "\n".join(lines) + "\n"
-
-
-def diff_here_markdown(source: Source, limit: int = 15) -> str:
-    """How this machine differs from the run's environment, heaviest first."""
-    from . import capture
-    from .envdiff import env_diff
-    from .verdict import describe
-
-    here = capture.collect()
-    diffs = env_diff(source.manifest, here)
-    if not diffs:
-        return "This machine's environment matches the run's.\n"
-    rows = [f"- {describe(d)}" for d in diffs[:limit]]
-    more = f"\n- ... and {len(diffs) - limit} more" if len(diffs) > limit else ""
-    return (f"**{len(diffs)} difference(s) between the run's environment and this "
-            "machine**, most likely to matter first:\n\n" + "\n".join(rows) + more + "\n")
-
-
-@dataclass
-class Target:
-    run: str
-    experiment: str | None
-    uri: str | None
-
-
-def notebook_target(workdir: str, run: str, experiment: str = "",
-                    tracking_uri: str = "") -> Target:
-    """4_replay's parameters resolved: the experiment defaults to the configured one and
-    the tracking server to the lab's (``lab.json``). Bundles need neither."""
-    wd = Path(workdir)
-    if run.endswith((".tar.gz", ".tgz")):
-        return Target(run, None, tracking_uri or None)
-    if not experiment and (wd / "config.yaml").exists():
-        from . import config
-
-        experiment = config.load(wd).experiment
-    if not tracking_uri and (wd / "lab.json").exists():
-        tracking_uri = json.loads((wd / "lab.json").read_text()).get("mlflow_url") or ""
-    return Target(run, experiment or None, tracking_uri or None)

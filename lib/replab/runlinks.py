@@ -82,13 +82,22 @@ def _markers(name: str) -> tuple[str, str]:
     return f"<!-- replab:{name} -->", f"<!-- /replab:{name} -->"
 
 
+def _block_pattern(name: str) -> re.Pattern[str]:
+    begin, end = _markers(name)
+    return re.compile(r"[^\n]*" + re.escape(begin) + r".*?" + re.escape(end), re.S)
+
+
 def with_section(note: str | None, name: str, body: str, *, first: bool = False) -> str:
     """``note`` with replab's section ``name`` set to ``body``: replaced where it already is,
-    else appended (or put ``first``); the rest of the note is kept as written."""
+    else appended (or put ``first``); the rest of the note is kept as written. The opening
+    marker (an HTML comment, invisible in the UI) ends the section's first line, so a note
+    that starts with the section still starts with readable text."""
     begin, end = _markers(name)
-    block = f"{begin}\n\n{body.strip()}\n\n{end}"
+    head, _, rest = body.strip().partition("\n")
+    block = f"{head} {begin}\n{rest.rstrip()}\n\n{end}" if rest.strip() else \
+        f"{head} {begin}\n\n{end}"
     note = note or ""
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    pattern = _block_pattern(name)
     if pattern.search(note):
         return pattern.sub(lambda _m: block, note, count=1)
     if not note.strip():
@@ -99,8 +108,10 @@ def with_section(note: str | None, name: str, body: str, *, first: bool = False)
 def section_of(note: str | None, name: str) -> str | None:
     """The body of replab's section ``name`` in ``note``, or None."""
     begin, end = _markers(name)
-    m = re.search(re.escape(begin) + r"(.*?)" + re.escape(end), note or "", re.S)
-    return m.group(1).strip() if m else None
+    m = _block_pattern(name).search(note or "")
+    if not m:
+        return None
+    return m.group(0).replace(f" {begin}", "").replace(begin, "").replace(end, "").strip()
 
 
 def _md(text: str) -> str:
@@ -172,7 +183,8 @@ def _replays_of(client: Any, original_id: str, experiment_ids: list[str]) -> lis
     runs = client.search_runs(experiment_ids,
                               filter_string=f"tags.`{TAG_REPLAY_OF}` = '{original_id}'",
                               order_by=["attributes.start_time DESC"], max_results=200)
-    return list(runs)
+    # The replayed program's own nested runs carry the tag too; its top-level run is the replay.
+    return [r for r in runs if r.data.tags.get(TAG_PARENT) in (None, original_id)]
 
 
 def _original_note(replays: list[Any]) -> str:
