@@ -56,6 +56,7 @@ CASES = {
                                                                    "postgresql"}),
     "tensorflow-amd-sqlite": dict(frameworks=["tensorflow"], site="CHI@TACC",
                                   node_type="gpu_mi100"),
+    "sklearn-amd-sqlite": dict(frameworks=["sklearn"], site="CHI@TACC", node_type="gpu_mi100"),
     "pytorch-lightning-nvidia-hf-gh": dict(frameworks=["pytorch", "lightning"],
                                            site="CHI@TACC",
                                            lab={"huggingface": True, "github_cli": True}),
@@ -117,8 +118,11 @@ def test_every_published_port_is_bound_to_loopback():
         assert published, "the lab publishes Jupyter and MLflow"
         assert all(p.startswith("127.0.0.1:") for p in published), published
     pg = compose.build_compose(cfg_of(lab={"mlflow_backend": "postgresql"}))
-    # PostgreSQL is published for the server's own backup timer, on loopback only
+    # PostgreSQL is published for the server's own backup timer, on loopback only, and
+    # the module's documentation says so
     assert pg["services"]["postgres"]["ports"] == ["127.0.0.1:5432:5432"]
+    assert "``127.0.0.1:5432``" in compose.__doc__
+    assert "publishes none" not in compose.__doc__
 
 
 def test_no_secret_reaches_compose_yaml(tmp_path):
@@ -284,11 +288,45 @@ def test_gpu_access_by_vendor():
                                        frameworks=["pytorch"]))["services"]["jupyter"]
     assert amd["devices"] == ["/dev/kfd", "/dev/dri"]
     assert amd["group_add"] == ["${REPLAB_VIDEO_GID:-video}", "${REPLAB_RENDER_GID:-render}"]
-    assert amd["security_opt"] == ["seccomp=unconfined"]
+    # ROCm's documented seccomp setting, and still no new privileges
+    assert amd["security_opt"] == ["no-new-privileges:true", "seccomp=unconfined"]
     assert "deploy" not in amd
     assert amd["image"].startswith("replab/jupyter-rocm-pytorch:")
+    # an AMD host running the small CPU image: no GPU devices, default seccomp
+    amd_cpu = compose.build_compose(cfg_of(site="CHI@TACC", node_type="gpu_mi100",
+                                           frameworks=["sklearn"]))["services"]["jupyter"]
+    assert amd_cpu["image"].startswith("replab/jupyter-cpu:")
+    assert amd_cpu["security_opt"] == ["no-new-privileges:true"]
+    assert "devices" not in amd_cpu and "group_add" not in amd_cpu
     none = compose.build_compose(cfg_of(node_type="compute_skylake"))["services"]["jupyter"]
     assert "deploy" not in none and "devices" not in none
+
+
+def test_every_service_runs_without_new_privileges_and_default_seccomp():
+    for n in range(1, len(config.FRAMEWORKS) + 1):
+        for fw in itertools.combinations(config.FRAMEWORKS, n):
+            for extra in (dict(node_type="compute_skylake"), dict(),
+                          dict(site="CHI@TACC", node_type="gpu_mi100"),
+                          dict(lab={"mlflow_backend": "postgresql"})):
+                spec = compose.build_compose(cfg_of(frameworks=list(fw), **extra))
+                for name, service in spec["services"].items():
+                    opts = service["security_opt"]
+                    assert opts[0] == "no-new-privileges:true", (fw, extra, name)
+                    rocm = name == "jupyter" and "rocm" in service["image"]
+                    assert opts[1:] == (["seccomp=unconfined"] if rocm else []), (fw, name)
+                    assert "privileged" not in service and "cap_add" not in service
+
+
+def test_a_github_token_is_passed_as_gh_token(tmp_path):
+    env = {k: v for k, v in ENV.items() if k != "GH_TOKEN"}
+    env["GITHUB_TOKEN"] = "ghp_plantedAsGitHubToken987654"
+    cfg = cfg_of(lab={"github_cli": True})
+    _, env_path = compose.write_compose(cfg, tmp_path, env=env)
+    text = env_path.read_text()
+    assert "GH_TOKEN=ghp_plantedAsGitHubToken987654\n" in text
+    assert "GITHUB_TOKEN" not in text  # compose.yaml references GH_TOKEN only
+    off = compose.write_compose(cfg_of(), tmp_path / "off", env=env)[1].read_text()
+    assert "ghp_plantedAsGitHubToken987654" not in off
 
 
 def test_launcher_values_go_to_env(tmp_path):

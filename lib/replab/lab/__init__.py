@@ -6,12 +6,18 @@
 - ``backup``: MLflow database backups to the ``-backups`` bucket and restore;
 - ``schedule``: the GPU server's hourly backup timer, pruning, and a backup over SSH.
 
-:func:`launch`, :func:`status` and :func:`stop` pick the right one for the config.
+:func:`launch`, :func:`status` and :func:`stop` pick the right one for the config;
+:func:`urls` / :func:`describe` say how to open the launched lab (the login URL with the
+token, built from the secrets on demand, never stored in lab.json).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -65,15 +71,61 @@ def stop(cfg) -> list[str]:
 
 
 def markdown(info: dict[str, Any]) -> str:
-    """How to reach the lab, for display (URLs and the tunnel; never the token)."""
+    """How to reach the lab, for display (URLs and the tunnel; never the token: executed
+    notebooks are kept and shared, so the token's file is named instead)."""
+    token = (f"JUPYTER_TOKEN in {info['token_file']}" if info.get("token_file")
+             else info.get("jupyter_token") or "JUPYTER_TOKEN in <workdir>/secrets/lab.env")
     rows = [("MLflow", info.get("mlflow_url")), ("JupyterLab", info.get("jupyter_url")),
-            ("Jupyter token", info.get("jupyter_token") or "JUPYTER_TOKEN in secrets/lab.env")]
+            ("JupyterLab opens at", info.get("jupyter_root")), ("Jupyter token", token)]
     if info.get("tunnel"):
         rows.append(("SSH tunnel (run on your machine)", f"`{info['tunnel']}`"))
     if "reused" in info:
         rows.append(("state", "already running: reused" if info["reused"] else "started"))
     lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v]
     return "### The lab\n\n" + "\n".join(lines) + "\n"
+
+
+def urls(workdir: str | os.PathLike) -> dict[str, Any]:
+    """How to open the lab that ``<workdir>/lab.json`` records: ``mlflow_url``,
+    ``jupyter_url``, ``jupyter_login_url`` (``.../lab?token=...``, ready to open; None when
+    the secrets hold no token), ``token_file`` (absolute) and ``status``.
+
+    The login URL carries the token, a secret: it is built here, from
+    ``<workdir>/secrets/lab.env``, each time it is asked for, and kept out of lab.json
+    (which is printed and copied) and out of notebook outputs. Show it only on the user's
+    own screen. Raises ConfigError when there is no lab.json (no lab was launched)."""
+    from ..credentials import SecretsStore
+
+    base = Path(workdir).expanduser().absolute()
+    lab_file = base / "lab.json"
+    try:
+        info = json.loads(lab_file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{lab_file} does not exist: launch the lab first "
+                          "(3_launch_lab or `replab lab launch`)") from None
+    except ValueError:
+        raise ConfigError(f"{lab_file} is not JSON: launch the lab again") from None
+    store = SecretsStore(base)
+    token = store.lab_env().get("JUPYTER_TOKEN")
+    jupyter = info.get("jupyter_url")
+    login = None
+    if jupyter and token:
+        lab = jupyter.rstrip("/") if jupyter.rstrip("/").endswith("/lab") else (
+            jupyter.rstrip("/") + "/lab")
+        login = f"{lab}?token={urllib.parse.quote(token, safe='')}"
+    return {"mlflow_url": info.get("mlflow_url"), "jupyter_url": jupyter,
+            "jupyter_login_url": login, "token_file": str(store.path(store.LAB_ENV)),
+            "jupyter_root": info.get("jupyter_root"), "tunnel": info.get("tunnel"),
+            "status": info.get("status")}
+
+
+def describe(workdir: str | os.PathLike) -> str:
+    """One line for a terminal: the MLflow URL, the JupyterLab login URL (with the token)
+    and the absolute path of the token's file. Raises ConfigError without a lab.json."""
+    u = urls(workdir)
+    jupyter = u["jupyter_login_url"] or u["jupyter_url"]
+    return (f"MLflow: {u['mlflow_url']}   JupyterLab: {jupyter} "
+            f"(token: {u['token_file']})")
 
 
 def example_run(cfg, info: dict[str, Any], *, seed: int = 0, epochs: int = 10) -> str:

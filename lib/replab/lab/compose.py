@@ -27,9 +27,11 @@ Services:
 Security:
 
 - **Nothing listens on a public address.** Every published port is bound to 127.0.0.1 on the
-  node (``127.0.0.1:8888`` Jupyter, ``127.0.0.1:5000`` MLflow); PostgreSQL publishes none.
-  Users reach the lab through an SSH tunnel (``ssh -L 8888:127.0.0.1:8888 -L
-  5000:127.0.0.1:5000 cc@<floating ip>``), so the security group needs only port 22. Docker's
+  node (``127.0.0.1:8888`` Jupyter, ``127.0.0.1:5000`` MLflow, and with the PostgreSQL
+  backend ``127.0.0.1:5432``, which only the node's own backup timer and restore use:
+  ``pg_dump`` / ``pg_restore`` run on the host, password-protected). Users reach the lab
+  through an SSH tunnel (``ssh -L 8888:127.0.0.1:8888 -L 5000:127.0.0.1:5000
+  cc@<floating ip>``), so the security group needs only port 22. Docker's
   own iptables rules bypass host firewalls (ufw) for published ports, which is why binding to
   loopback, not a firewall rule, is the control.
 - **Jupyter always requires its token**: ``JUPYTER_TOKEN`` comes from ``.env`` and compose
@@ -38,7 +40,14 @@ Security:
 - **Secrets never appear in compose.yaml** and never on a command line: the file references
   ``${VAR}``, and the values sit in ``.env`` (mode 0600) next to it, which compose reads for
   interpolation. Each service receives only the secrets it uses: the S3 keys go to mlflow
-  alone, ``HF_TOKEN`` / ``GH_TOKEN`` to jupyter alone and only when enabled in the config.
+  alone, ``HF_TOKEN`` / ``GH_TOKEN`` to jupyter alone and only when enabled in the config
+  (GitHub's CLI reads ``GH_TOKEN``; a lab.env holding ``GITHUB_TOKEN`` instead is passed
+  under that name).
+- **No service gains privileges**: every service runs with ``no-new-privileges:true`` (setuid
+  programs cannot raise a process's privileges) and Docker's default seccomp profile; the
+  one exception is the ROCm images, which run with ``seccomp=unconfined`` as AMD's ROCm
+  documentation asks (a host with an AMD GPU running the small ``cpu`` image gets neither
+  the GPU devices nor the exception).
 - MLflow has no login of its own here: it is reachable only through the tunnel (or from the
   jupyter container). Its allowed ``Host`` headers are the service name and loopback, which
   also blocks DNS-rebinding attacks from a browser.
@@ -46,8 +55,9 @@ Security:
   images are built on the node from ``docker/`` and tagged with replab's version.
 
 GPU access: NVIDIA through ``deploy.resources.reservations.devices`` (driver ``nvidia``, all
-GPUs; needs the NVIDIA container toolkit on the node). AMD as ROCm's documentation advises:
-``/dev/kfd`` and ``/dev/dri``, ``seccomp=unconfined``, and the groups owning those devices.
+GPUs; needs the NVIDIA container toolkit on the node). AMD (ROCm images only) as ROCm's
+documentation advises: ``/dev/kfd`` and ``/dev/dri``, ``seccomp=unconfined``, and the groups
+owning those devices.
 The group ids differ between hosts (``render`` is a dynamic system group), so ``group_add``
 reads ``REPLAB_VIDEO_GID`` / ``REPLAB_RENDER_GID`` from ``.env``, which the launcher sets
 from ``getent group video render`` on the node; without them the names ``video`` /
@@ -92,6 +102,7 @@ MLFLOW_DOCKERFILE = "docker/mlflow/Dockerfile"
 LIGHTNING = "lightning==2.5.5"
 TENSORFLOW_CPU = "tensorflow==2.20.0"  # beside PyTorch in one image: TensorFlow on CPU
 
+NO_NEW_PRIVILEGES = "no-new-privileges:true"  # on every service
 HOME = "/home/jovyan"  # the Jupyter user's home in every image
 WORK_DIR = f"{HOME}/work"  # the user's repository
 MOUNTS_DIR = f"{HOME}/mnt"  # the node's mount directory (rslave): mnt/data is the data bucket
@@ -351,7 +362,7 @@ def _mlflow_service(cfg, paths: HostPaths, tag: str, source: str) -> dict[str, A
     service.update({
         "ports": [f"{BIND_ADDRESS}:{MLFLOW_PORT}:{MLFLOW_PORT}"],
         "healthcheck": _python_health(f"http://127.0.0.1:{MLFLOW_PORT}/health"),
-        "security_opt": ["no-new-privileges:true"],
+        "security_opt": [NO_NEW_PRIVILEGES],
         "restart": "unless-stopped",
     })
     return service
@@ -373,6 +384,9 @@ def _postgres_service() -> dict[str, Any]:
         "healthcheck": {"test": ["CMD", "pg_isready", "-U", "mlflow", "-d", "mlflow"],
                         "interval": "5s", "timeout": "5s", "retries": 20,
                         "start_period": "10s"},
+        # the entrypoint drops from root to the postgres user (gosu): dropping needs no
+        # new privileges
+        "security_opt": [NO_NEW_PRIVILEGES],
         "restart": "unless-stopped",
     }
 
@@ -411,16 +425,14 @@ def _jupyter_service(cfg, paths: HostPaths, tag: str, source: str) -> dict[str, 
         "shm_size": "8gb",  # PyTorch DataLoader workers share batches through /dev/shm
         "restart": "unless-stopped",
     }
+    service["security_opt"] = [NO_NEW_PRIVILEGES]
     if cfg.gpu_vendor == "nvidia":
         service["deploy"] = {"resources": {"reservations": {"devices": [
             {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}}
-        service["security_opt"] = ["no-new-privileges:true"]
-    elif cfg.gpu_vendor == "amd":
+    elif cfg.gpu_vendor == "amd" and VARIANTS[image.variant].gpu == "rocm":
         service["devices"] = ["/dev/kfd", "/dev/dri"]
         service["group_add"] = ["${REPLAB_VIDEO_GID:-video}", "${REPLAB_RENDER_GID:-render}"]
-        service["security_opt"] = ["seccomp=unconfined"]
-    else:
-        service["security_opt"] = ["no-new-privileges:true"]
+        service["security_opt"].append("seccomp=unconfined")  # ROCm's documented setting
     return service
 
 
@@ -487,6 +499,8 @@ def env_values(cfg, env: Mapping[str, str], host_env: Mapping[str, str] | None =
     spec = build_compose(cfg) if spec is None else spec
     wanted = variables(spec)
     source = {**HOST_ENV, **{k: v for k, v in env.items() if v}, **(host_env or {})}
+    if not source.get("GH_TOKEN") and source.get("GITHUB_TOKEN"):
+        source["GH_TOKEN"] = source["GITHUB_TOKEN"]  # GitHub's CLI reads GH_TOKEN
     if not source.get("MLFLOW_S3_ENDPOINT_URL") and cfg.s3_endpoint:
         source["MLFLOW_S3_ENDPOINT_URL"] = cfg.s3_endpoint
     if "POSTGRES_PASSWORD" in wanted:
@@ -553,7 +567,8 @@ def write_compose(cfg, directory: str | os.PathLike, *, env: Mapping[str, str] |
 
 __all__ = [
     "BIND_ADDRESS", "COMPOSE_FILE", "ENV_FILE", "HOST_ENV", "HostPaths", "IMAGE_TAG", "Image",
-    "JUPYTER_PORT", "MLFLOW_PORT", "POSTGRES_IMAGE", "SECRET_ENV", "VARIANTS", "Variant",
+    "JUPYTER_PORT", "MLFLOW_PORT", "NO_NEW_PRIVILEGES", "POSTGRES_IMAGE", "SECRET_ENV",
+    "VARIANTS", "Variant",
     "build_compose", "env_values", "image_for", "jupyter_image", "mlflow_image",
     "postgres_password", "render_compose", "render_env", "variables", "variant_name",
     "write_compose",

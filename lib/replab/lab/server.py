@@ -122,11 +122,12 @@ def lab_info(cfg, host: remote.Host, paths: compose.HostPaths, health: dict[str,
              ports: Mapping[str, int] | None = None) -> dict[str, Any]:
     """What ``<workdir>/lab.json`` records for a server lab (never the token itself)."""
     ports = {**_INNER_PORTS, **(ports or {})}
+    token_file = str(cfg.workdir_path.absolute() / "secrets" / "lab.env")
     return {
         "site": cfg.site, "host": host.address, "user": host.user,
         "mlflow_url": f"http://127.0.0.1:{ports['mlflow']}",
         "jupyter_url": f"http://127.0.0.1:{ports['jupyter']}/lab",
-        "jupyter_token": "JUPYTER_TOKEN in <workdir>/secrets/lab.env",
+        "jupyter_token": f"JUPYTER_TOKEN in {token_file}", "token_file": token_file,
         "tunnel": tunnel_command(host, ports),
         "how": "run the tunnel command on your machine, then open the URLs",
         "compose": f"{paths.lab}/{compose.COMPOSE_FILE}", "services": health,
@@ -370,5 +371,10 @@ def stop_remote(cfg, host: remote.Host, *, conn=None,
 def write_lab_json(cfg, info: dict[str, Any]) -> Path:
     path = cfg.workdir_path / "lab.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=1) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(json.dumps(info, indent=1) + "\n")
+    os.replace(tmp, path)
     return path
