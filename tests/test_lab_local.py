@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -81,6 +82,50 @@ def sqlite_lab(python):
             local.stop(cfg)
 
 
+@contextlib.contextmanager
+def own_lab(stem: str, backend: str = "sqlite"):
+    """A lab of the calling test's own, stopped afterwards: a test that stops its lab must
+    not stop the module's (the other tests would then depend on running before it)."""
+    with lab_workdir(stem) as workdir:
+        cfg = local_config(workdir, backend)
+        info = local.launch(cfg)
+        try:
+            yield cfg, info
+        finally:
+            local.stop(cfg)
+
+
+@pytest.fixture
+def own_sqlite_lab():
+    with own_lab("stop") as lab:
+        yield lab
+
+
+@pytest.fixture
+def own_pg_lab():
+    need_postgres()
+    with own_lab("pgstop", "postgresql") as lab:
+        yield lab
+
+
+def start_kernel(cfg, info: local.LabInfo) -> psutil.Process:
+    """Start a python3 kernel through the lab's Jupyter API; its process under Jupyter."""
+    import requests
+
+    r = requests.post(f"{info.jupyter_url}/api/kernels", json={"name": "python3"},
+                      headers={"Authorization": f"token {token(cfg)}"}, timeout=30,
+                      proxies={"http": "", "https": ""})
+    assert r.status_code == 201, r.text
+    jupyter = psutil.Process(info.pids["jupyter"])
+    deadline = time.monotonic() + 30
+    kernels: list = []
+    while not kernels and time.monotonic() < deadline:
+        kernels = [k for k in jupyter.children() if "ipykernel" in cmdline(k)]
+        time.sleep(0.2)
+    assert kernels, "no kernel process under Jupyter"
+    return kernels[0]
+
+
 @pytest.fixture(scope="module")
 def pg_lab():
     need_postgres()
@@ -120,23 +165,9 @@ def test_jupyter_needs_the_token(sqlite_lab):
 
 
 def test_kernels_get_the_tracking_uri_and_no_secret_is_on_a_command_line(sqlite_lab):
-    import requests
-
     cfg, info, *_ = sqlite_lab
     t = token(cfg)
-    r = requests.post(f"{info.jupyter_url}/api/kernels", json={"name": "python3"},
-                      headers={"Authorization": f"token {t}"}, timeout=30,
-                      proxies={"http": "", "https": ""})
-    assert r.status_code == 201, r.text
-    jupyter = psutil.Process(info.pids["jupyter"])
-    deadline = time.monotonic() + 30
-    kernels: list = []
-    while not kernels and time.monotonic() < deadline:
-        kernels = [k for k in jupyter.children() if "ipykernel" in cmdline(k)]
-        time.sleep(0.2)
-    assert kernels, "no kernel process under Jupyter"
-    kernel = kernels[0]  # left running: stop must end it too (test_stop_... below)
-    env = kernel.environ()
+    env = start_kernel(cfg, info).environ()
     assert env["MLFLOW_TRACKING_URI"] == info.mlflow_url
     assert env["MLFLOW_EXPERIMENT_NAME"] == cfg.experiment
     for proc in family(info.pids.values()):
@@ -177,12 +208,17 @@ def test_a_run_logged_through_the_lab_reads_back(sqlite_lab, tmp_path):
 
 def test_launch_again_reuses_the_running_lab(sqlite_lab):
     cfg, info, *_ = sqlite_lab
+    before = json.loads((cfg.workdir_path / "lab" / "local.json").read_text())["services"]
     said: list[str] = []
-    t0 = time.monotonic()
     again = local.launch(cfg, progress=said.append)
-    assert time.monotonic() - t0 < 3
     assert again.reused and again.pids == info.pids and again.mlflow_url == info.mlflow_url
-    assert any("reused" in s for s in said)
+    # nothing was started or restarted: every service says so, and keeps its process
+    for name in ("mlflow", "jupyter"):
+        assert any(s.startswith(f"{name}: reused") for s in said), said
+    assert said[-1].startswith("lab: reused")
+    after = json.loads((cfg.workdir_path / "lab" / "local.json").read_text())["services"]
+    assert {k: (v["pid"], v["create_time"]) for k, v in after.items()} == {
+        k: (v["pid"], v["create_time"]) for k, v in before.items()}
 
 
 def test_status_reports_running_healthy_services(sqlite_lab):
@@ -198,10 +234,11 @@ def test_load_eight_writers_sqlite(sqlite_lab):
     writers_load(info.mlflow_url)
 
 
-def test_stop_ends_exactly_what_it_started(sqlite_lab):
-    cfg, info, *_ = sqlite_lab
+def test_stop_ends_exactly_what_it_started(own_sqlite_lab):
+    cfg, info = own_sqlite_lab
+    kernel = start_kernel(cfg, info)  # a kernel the user left running: stop ends it too
     procs = family(info.pids.values())
-    assert any("ipykernel" in cmdline(p) for p in procs)
+    assert kernel.pid in {p.pid for p in procs}
     bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         lines = local.stop(cfg)
@@ -325,7 +362,7 @@ def test_postgres_is_private_loopback_and_not_root(pg_lab):
     assert "trust" not in hba
 
 
-def test_postgres_lab_is_reused_then_stopped(pg_lab):
+def test_postgres_lab_is_reused(pg_lab):
     cfg, info = pg_lab
     again = local.launch(cfg)
     assert again.reused and again.pids == info.pids
@@ -338,8 +375,8 @@ def test_load_eight_writers_postgresql(pg_lab):
     writers_load(info.mlflow_url)
 
 
-def test_postgres_lab_stops_with_a_fast_shutdown(pg_lab):
-    cfg, info = pg_lab
+def test_postgres_lab_stops_with_a_fast_shutdown(own_pg_lab):
+    cfg, info = own_pg_lab
     procs = family(info.pids.values())
     lines = local.stop(cfg)
     assert lines[-1] == f"postgres: stopped (pid {info.pids['postgres']})"
