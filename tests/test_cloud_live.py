@@ -9,16 +9,17 @@ and ``OS_PROJECT_NAME``/``OS_PROJECT_ID``), an application credential of that si
 entry for that site's Keystone (``OS_CLOUD`` names one; unset, any entry whose ``auth_url``
 is the site's is used, so one clouds.yaml with an entry per site runs both).
 
-Each test reserves the smallest machine free now for one hour (CPU-only first: CHI@UC
+Each test reserves the smallest machine free now for ``REPLAB_LIVE_HOURS`` (default 2;
+the teardown ends the lease as soon as the test is done) (CPU-only first: CHI@UC
 ``compute_skylake``, KVM@TACC ``m1.large``; a GPU one only when none is free), then goes
 1 -> 5 as a researcher would: credentials and buckets, lease + server + floating IP + host
 setup (run twice: the second run creates and changes nothing), the lab (docker compose on the
 server), a run logged through an SSH tunnel to the lab's MLflow, its replay to a verdict, the
 server's backup command, and the teardown, which runs in ``finally`` whatever failed and must
 leave nothing: no server, no lease, nothing live in state.json, buckets and credentials
-deleted. Costs: see the README (about 2 SUs per site for the one-hour lease of a CPU node and
-a floating IP). Takes 30-60 minutes per site. ``REPLAB_LIVE_REPOSITORY`` (an https URL) is
-cloned on the server; default none.
+deleted. Costs: see the README (at most 4 SUs per site: a CPU node and a floating IP, 1 SU
+each per hour reserved). Takes 30-60 minutes per site. ``REPLAB_LIVE_REPOSITORY`` (an
+https URL) is cloned on the server; default none.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 LIVE_SITES = tuple(s.strip() for s in (os.environ.get("REPLAB_LIVE_SITES")
                                        or "CHI@UC,KVM@TACC").split(",") if s.strip())
 ROOT = Path(__file__).resolve().parents[1]
+#: the lease's length: the series takes 30-60 minutes; teardown ends the lease when done
+HOURS = int(os.environ.get("REPLAB_LIVE_HOURS") or 2)
 
 
 def credentials_problem(site: sites.Site) -> str | None:
@@ -96,13 +99,13 @@ def _cfg(site: sites.Site, machine: sites.Machine, workdir: str, experiment: str
     key = "node_type" if site.kind == sites.BARE_METAL else "flavor"
     return config.build({"experiment": experiment, "frameworks": ["sklearn"],
                          "site": site.name, key: machine.name,
-                         "gpu_vendor": machine.gpu_vendor, "lease_hours": 1,
+                         "gpu_vendor": machine.gpu_vendor, "lease_hours": HOURS,
                          "repository": os.environ.get("REPLAB_LIVE_REPOSITORY") or None,
                          "workdir": workdir})
 
 
 def _free_machine(site: sites.Site, workdir: str, experiment: str):
-    """The config of the smallest machine free for an hour from now, or None (read-only:
+    """The config of the smallest machine free for HOURS from now, or None (read-only:
     Blazar's host or flavor availability, replab.cloud.availability.summary)."""
     clients = rc.connect(_cfg(site, site.machines[0], workdir, experiment))
     now = _dt.datetime.now(_dt.timezone.utc)
@@ -114,8 +117,8 @@ def _free_machine(site: sites.Site, workdir: str, experiment: str):
         except CloudError as exc:  # a flavor of the catalog this project does not see
             log.info("%s at %s: %s", machine.name, site.name, exc)
             continue
-        found = rc.availability.summary(clients.blazar, candidate, hours=1, flavor_id=flavor,
-                                        now=now)
+        found = rc.availability.summary(clients.blazar, candidate, hours=HOURS,
+                                        flavor_id=flavor, now=now)
         log.info("%s", found.markdown())
         if found.can_start_now:
             return candidate
@@ -149,7 +152,7 @@ def test_the_whole_series_on_the_smallest_free_machine(live_site, tmp_path):
     workdir = str(tmp_path / "work")
     cfg = _free_machine(site, workdir, f"replab-live-{secrets.token_hex(3)}")
     if cfg is None:
-        pytest.skip(f"no machine at {site.name} is free for an hour now")
+        pytest.skip(f"no machine at {site.name} is free for {HOURS} h now")
     config.save(cfg)
     private, public = _keypair(tmp_path)
     try:
