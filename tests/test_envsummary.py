@@ -69,3 +69,15 @@ def test_ui_addresses_drop_credentials_and_have_none_for_file_stores():
     assert runlinks.run_url("sqlite:///x.db", "3", "ab") == "#/experiments/3/runs/ab"
     assert runlinks.run_path("3", "ab", "replab/verdict/report.html") == (
         "#/experiments/3/runs/ab/artifactPath/replab/verdict/report.html")
+
+
+def test_gpus_are_listed_with_driver_memory_and_capability():
+    from replab.capture.gpu import parse_nvidia_smi_csv
+
+    gpu = parse_nvidia_smi_csv("0, NVIDIA H200, GPU-1111, 143771, 570.86.15, 9.0\n"
+                               "1, NVIDIA H200, GPU-2222, 143771, 570.86.15, 9.0\n")
+    m = {"schema_version": 1, "captures": {"gpu": gpu}}
+    md = envsummary.render_markdown(m)
+    assert "GPU | 2x nvidia (driver 570.86.15)" in md
+    assert "| 1 | NVIDIA H200 | 140.4 GiB | 9.0 | - |" in md
+    assert "GPU-1111" not in md  # device UUIDs identify a machine, not an environment
