@@ -42,7 +42,7 @@ import functools
 import hashlib
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from .redact import ELLIPSIS, mask, redact_credentials, token_triggers
@@ -68,7 +68,7 @@ CODE_SUFFIXES = frozenset({
     ".cu", ".cuh", ".rs", ".go", ".java", ".kt", ".scala", ".js", ".mjs", ".cjs", ".jsx", ".ts",
     ".tsx", ".rb", ".php", ".swift", ".cs", ".m", ".lua", ".pl", ".dart"})
 
-# Trigger words: a line without one cannot hold a secret this module masks.
+# Trigger words (lower case): a line without one holds no secret key.
 _ASSIGN_TRIGGERS = ("passw", "passphrase", "secret", "token", "key", "auth", "credential",
                     "creds")
 
@@ -76,11 +76,6 @@ _ASSIGN_TRIGGERS = ("passw", "passphrase", "secret", "token", "key", "auth", "cr
 @functools.cache
 def _re(pattern: str, flags: int = 0) -> re.Pattern:
     return re.compile(pattern, flags)
-
-
-def _triggers() -> re.Pattern:
-    words = sorted({*_ASSIGN_TRIGGERS, *token_triggers(), "://"}, key=len, reverse=True)
-    return _re("|".join(re.escape(w) for w in words), re.IGNORECASE)
 
 
 def _assignment() -> re.Pattern:
@@ -113,6 +108,7 @@ def _parts(key: str) -> list[str]:
     return [p.upper() for p in _re(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])").findall(key)]
 
 
+@functools.lru_cache(maxsize=4096)  # code repeats its names: most keys are seen before
 def secret_key(key: str) -> bool:
     """Whether an assignment's key names a secret (the rule in the module docstring)."""
     parts = _parts(key)
@@ -220,17 +216,113 @@ def is_code(path: str) -> bool:
     return dot > 0 and name[dot:].lower() in CODE_SUFFIXES
 
 
-def _candidate_lines(text: str) -> Iterator[tuple[int, int]]:
-    """(start, end) of each line of ``text`` holding a trigger word, once, in order."""
-    done = -1
-    for m in _triggers().finditer(text):
-        pos = m.start()
-        if pos < done:
-            continue
-        start = text.rfind("\n", 0, pos) + 1
-        end = text.find("\n", pos)
-        done = end = len(text) if end < 0 else end
-        yield start, end
+# After a trigger word, what the rest of a secret key may be: nothing for the frequent words
+# (``tokens``, ``key_dim``, ``author`` end there), anything for the rare ones; then maybe a
+# B64/HEX/VALUE/BASE word, a closing quote or bracket, and a separator.
+_TAILS = {"token": "", "key": "", "auth": "(?:orization)?"}
+_SKIP_TAIL = r"(?:[_.\-]?(?:b64|base64|hex|value|base))?"
+_SEPARATOR = r"""(?:\\?["']\]?)?[ \t]*(?:[?+:]?=(?![=~>])|:(?![:=]))"""
+
+
+@functools.cache
+def _word_patterns() -> tuple[re.Pattern, ...]:
+    # Each starts with a literal prefix (its word, or what two words share: pass, cred): the
+    # regex engine then scans for it at C speed and stops only where a separator follows.
+    groups: dict[str, list[str]] = {}
+    for word in _ASSIGN_TRIGGERS:
+        head = next((p for p in ("pass", "cred") if word.startswith(p)), word)
+        groups.setdefault(head, []).append(re.escape(word[len(head):]))
+    return tuple(
+        _re(re.escape(head) + _either(rests) + _TAILS.get(head, r"[\w.\-]*") + _SKIP_TAIL
+            + _SEPARATOR)
+        for head, rests in groups.items())
+
+
+def _flag_pattern() -> re.Pattern:
+    words = "|".join(_ASSIGN_TRIGGERS)
+    return _re(rf"--[\w.\-]*?(?:{words})[\w.\-]*(?:=|[ \t]+)")
+
+
+@functools.cache
+def _token_scans() -> tuple[re.Pattern, ...]:
+    # The token triggers grouped by their first two characters: one pass per group, each
+    # with a literal prefix (ghp_ gho_ ghu_ ghs_ ghr_ are one pass, not five).
+    groups: dict[str, list[str]] = {}
+    for trigger in token_triggers():
+        groups.setdefault(trigger[:2], []).append(re.escape(trigger[2:]))
+    return tuple(_re(re.escape(head) + _either(rests)) for head, rests in groups.items())
+
+
+def _either(alternatives: list[str]) -> str:
+    return alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
+
+
+def _url_with_user() -> re.Pattern:
+    return _re(r"://[^\s/@\"'<>]*@")
+
+
+def _key_head() -> re.Pattern:
+    return _re(r"[\w.\-$]*")
+
+
+def _line_at(text: str, pos: int) -> tuple[int, int]:
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    return start, len(text) if end < 0 else end
+
+
+def _candidates(text: str, diff: bool) -> list[tuple[int, int, bool, bool]]:
+    """The lines worth a closer look, in order: (start, end, strong, assign). ``strong``:
+    the line holds a token trigger or a URL with a user; ``assign``: a secret key followed by
+    a separator. ``diff``: only lines starting with '+'.
+
+    One C-speed regex search per trigger word over the whole (lower-cased) text, stopping only
+    where a separator follows the word; the Python work per stop is a few calls, and the full
+    assignment regex runs only on lines whose key passes :func:`secret_key`."""
+    found: dict[int, list] = {}
+
+    def line(pos: int) -> tuple[int, int] | None:
+        start, end = _line_at(text, pos)
+        if diff and not text.startswith("+", start):
+            return None
+        return start, end
+
+    hits = [m.start() for p in (_url_with_user(), *_token_scans()) for m in p.finditer(text)]
+    for pos in hits:
+        if (span := line(pos)) is not None:
+            found.setdefault(span[0], [span[1], False, False])[1] = True
+
+    low = text.lower()
+    if len(low) != len(text):  # lower-casing moved characters (rare scripts): search as is
+        low, flags = text, re.IGNORECASE
+    else:
+        flags = 0
+    head = _key_head()  # matched on the reversed text before a hit: linear, not quadratic
+    matches = [p if not flags else _re(p.pattern, flags) for p in _word_patterns()]
+    flag_re = _flag_pattern() if not flags else _re(_flag_pattern().pattern, flags)
+    for pattern in (*matches, flag_re):
+        is_flag = pattern is flag_re
+        for m in pattern.finditer(low):
+            pos = m.start()
+            start = text.rfind("\n", 0, pos) + 1
+            if diff and text[start] != "+":
+                continue
+            entry = found.get(start)
+            if entry is not None and entry[2]:
+                continue
+            if is_flag:
+                if pos and (low[pos - 1].isalnum() or low[pos - 1] in "_-"):
+                    continue
+                key = text[pos:m.end()]
+            else:
+                lo = max(start, pos - 80)
+                key = text[pos - head.match(text[lo:pos][::-1]).end():m.end()]
+            if secret_key(key.strip("-$\\\"'] \t=:?+")):
+                if entry is None:
+                    end = text.find("\n", pos)
+                    entry = found[start] = [len(text) if end < 0 else end, False, False]
+                entry[2] = True
+    return [(start, *found[start]) for start in sorted(found)]
 
 
 def mask_text(text: str, path: str = "") -> tuple[str, int]:
@@ -241,7 +333,9 @@ def mask_text(text: str, path: str = "") -> tuple[str, int]:
     code = is_code(path)
     out: list[str] = []
     last = changed = 0
-    for start, end in _candidate_lines(text):
+    for start, end, _strong, assign in _candidates(text, diff=False):
+        if not assign:
+            continue
         line = text[start:end]
         new = mask_assignments(line, code=code)
         if new != line:
@@ -307,16 +401,14 @@ def mask_added_lines(diff: str, keep: Collection[str] = ()) -> MaskedDiff:
     paths: list[str] = []
     files: list[str] = []
     last = changed = 0
-    for start, end in _candidate_lines(diff):
-        if not diff.startswith("+", start):
-            continue
+    for start, end, strong, assign in _candidates(diff, diff=True):
         i = bisect_right(starts, start) - 1
         if i < 0 or info[i][0] < 0 or start < info[i][0]:
             continue  # a header line (+++ b/...), not an added one
         path = info[i][1]
         line = diff[start + 1:end]
-        new = redact_credentials(line)
-        if path not in keep:
+        new = redact_credentials(line) if strong else line
+        if assign and path not in keep:
             assigned = mask_assignments(new, code=is_code(path))
             if assigned != new:
                 new = assigned
