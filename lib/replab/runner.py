@@ -5,12 +5,20 @@ child (a Python program) attaches to that run through an injected ``sitecustomiz
 switches on MLflow autologging, so its own logging and the autologged params/metrics land in
 the same run. Output is shown live and kept as artifacts (with known secret values masked);
 the run's status follows the exit code.
+
+The parent always ends the run, however the program ends: exit code 0 FINISHED, another
+code FAILED, death by a signal (kill -9, the OOM killer, SIGTERM) KILLED, with tags
+``replab.exit_code`` (``-9``) and ``replab.signal`` (``SIGKILL``). A program that used
+``replab.tracking.start_run`` and left without ending it (``os._exit(0)`` inside the block)
+is FAILED too. SIGTERM sent to ``replab run`` itself is passed on to the program, so it can
+save its buffered metrics, and the run is then KILLED.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,13 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from . import tracking
+from . import termination, tracking
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 CHILD_DIR = Path(__file__).resolve().parent / "_child"
 STDOUT = "replab/stdout.txt"
 STDERR = "replab/stderr.txt"
+TAG_EXIT_NOTE = "replab.exit_note"
 
 
 @dataclass
@@ -78,6 +87,7 @@ def run_command(
             "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
             "MLFLOW_EXPERIMENT_ID": run.experiment_id,
             "REPLAB_RUN_ID": run.run_id,
+            tracking.ENV_PARENT_RUN: run.run_id,
             "REPLAB_AUTOLOG": "1" if autolog else "0",
             "REPLAB_LOG_MODELS": "1" if log_models else "0",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(CHILD_DIR),
@@ -105,8 +115,11 @@ def run_command(
                            threading.Thread(target=_tee, args=(proc.stderr, sinks_err))]
                 for t in threads:
                     t.start()
+                # SIGTERM to us goes on to the program (its own handler saves its metrics);
+                # we end the run when it is gone.
                 try:
-                    rc = proc.wait()
+                    with termination.forwarded(proc.send_signal):
+                        rc = proc.wait()
                 except KeyboardInterrupt:
                     proc.terminate()
                     rc = proc.wait()
@@ -120,6 +133,33 @@ def run_command(
                 except Exception as exc:
                     log.warning("could not keep %s: %s", name, exc)
         run.log_metrics({"replab.exit_code": rc}, step=0)
-        if rc != 0 and run.end_status is None:
-            run.end_status = "FAILED"
+        _record_exit(run, rc)
     return CommandResult(run.run_id, run.experiment_id, rc)
+
+
+def _record_exit(run: tracking.Run, rc: int) -> None:
+    """Tag how the program ended and choose the run's status from it."""
+    tags: dict[str, Any] = {tracking.TAG_EXIT_CODE: rc}
+    if rc < 0:
+        try:
+            tags[tracking.TAG_SIGNAL] = signal.Signals(-rc).name
+        except ValueError:
+            tags[tracking.TAG_SIGNAL] = f"signal {-rc}"
+        run.end_status = run.end_status or "KILLED"
+    elif rc != 0:
+        run.end_status = run.end_status or "FAILED"
+    try:
+        left_open = tracking.TAG_OPEN in run.client.get_run(run.run_id).data.tags
+        if left_open:
+            run.client.delete_tag(run.run_id, tracking.TAG_OPEN)
+        if left_open and rc == 0:
+            tags[TAG_EXIT_NOTE] = ("the program exited (code 0) inside "
+                                   "replab.tracking.start_run() without ending it (os._exit?); "
+                                   "its last second of metrics may be missing")
+            run.end_status = run.end_status or "FAILED"
+        run.set_tags(tags)
+    except Exception as exc:
+        log.warning("could not record how run %s ended: %s", run.run_id, exc)
+    if rc < 0:
+        log.warning("the program was killed by %s; run %s is %s", tags[tracking.TAG_SIGNAL],
+                    run.run_id, run.end_status)

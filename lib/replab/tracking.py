@@ -3,8 +3,12 @@
 ``with replab.tracking.start_run(experiment="mnist", params={...}, seed=0) as run:`` starts an
 MLflow run, seeds the random generators, and records the manifest (``replab/manifest.json``),
 the pip lock, the git diff and the untracked-files bundle, plus a few searchable tags.
-``run.log_metrics({...}, step=i)`` buffers points and sends them in batches; everything is
-flushed at exit and on an exception (the run is then FAILED, with the traceback attached).
+``run.log_metrics({...}, step=i)`` buffers points and sends them in batches of 1000 and at
+least every second (:mod:`replab.metricbuffer`), so a program killed without warning loses at
+most about a second of points; everything is flushed at exit, on an exception (the run is then
+FAILED, with the traceback attached) and on SIGTERM (the run is then KILLED; see
+:mod:`replab.termination`). Experiments replab creates or uses are marked as classic ML
+experiments (tag ``mlflow.experimentKind``), so MLflow's UI opens on their runs table.
 
 Tracking never breaks training: capture problems are logged and recorded, not raised. Errors
 that mean no run can be recorded at all (the tracking server is unreachable) are raised
@@ -23,10 +27,11 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from . import datasets, termination
 from .errors import CloudError
+from .metricbuffer import FLUSH_INTERVAL, MetricBuffer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,13 @@ TAG_ENTRY_KIND = "replab.entrypoint.kind"
 TAG_REPLAY_OF = "replab.replay_of"
 TAG_SEED = "replab.seed"
 TAG_CAPTURE_ERRORS = "replab.capture.errors"
+TAG_SIGNAL = "replab.signal"  # the signal that ended the run: SIGTERM, SIGKILL...
+TAG_EXIT_CODE = "replab.exit_code"  # set by `replab run`: the program's exit status
+TAG_OPEN = "replab.run.open"  # set while a program under `replab run` is inside start_run()
+# MLflow 3's experiment kind (mlflow/server/js: ExperimentKind); unset, the UI may guess GenAI
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+ENV_PARENT_RUN = "REPLAB_PARENT_RUN_ID"  # set by `replab run`: the run it created and ends
 
 ARTIFACT_DIR = "replab"
 MANIFEST = "replab/manifest.json"
@@ -56,41 +68,58 @@ BATCH = 1000  # MLflow accepts at most 1000 metrics per log_batch
 class Run:
     """An active tracked run. Obtain it from :func:`start_run`; use it as MLflow's client."""
 
-    def __init__(self, client, run_id: str, experiment_id: str, batch_size: int = BATCH):
+    def __init__(self, client, run_id: str, experiment_id: str, batch_size: int = BATCH,
+                 flush_interval: float = FLUSH_INTERVAL):
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.batch_size = min(batch_size, BATCH)
         self.manifest: dict[str, Any] | None = None
         self.end_status: str | None = None  # set to end the run as FAILED/KILLED without raising
-        self._buffer: list = []
+        self.signal: str | None = None  # the signal received during the run, e.g. "SIGTERM"
+        self._buffer = MetricBuffer(self._send, self.batch_size, flush_interval,
+                                    name=f"replab-metrics-{run_id[:8]}")
         self._steps: dict[str, int] = {}
 
     # -- metrics ---------------------------------------------------------------------------
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None,
                     timestamp: int | None = None) -> None:
-        """Buffer one point per metric; sent in batches of up to 1000.
+        """Buffer one point per metric; sent in batches of up to 1000, and within about a
+        second (``flush_interval``) by a background thread.
 
         ``step`` defaults to one past the last step logged for each metric.
         """
         from mlflow.entities import Metric
 
         ts = timestamp if timestamp is not None else int(time.time() * 1000)
+        points = []
         for key, value in metrics.items():
             s = step if step is not None else self._steps.get(key, -1) + 1
             self._steps[key] = s
-            self._buffer.append(Metric(key, float(value), ts, s))
-        if len(self._buffer) >= self.batch_size:
-            self.flush()
+            points.append(Metric(key, float(value), ts, s))
+        self._buffer.add(points)
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self.log_metrics({key: value}, step=step)
 
     def flush(self) -> None:
         """Send every buffered metric point now."""
-        while self._buffer:
-            chunk, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size:]
-            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+        self._buffer.flush()
+
+    def _send(self, points: list) -> None:
+        self.client.log_batch(self.run_id, metrics=points, synchronous=True)
+
+    def _on_signal(self, signum: int, fatal: bool) -> None:
+        """SIGTERM arrived: send the buffered points; when the process is about to die by the
+        signal (``fatal``), end the run as KILLED with the signal recorded."""
+        import signal as signal_mod
+
+        self.signal = signal_mod.Signals(signum).name
+        log.warning("%s: sending the buffered metrics of run %s", self.signal, self.run_id)
+        self._buffer.flush_before_exit()
+        if fatal:
+            self.set_tags({TAG_SIGNAL: self.signal})
+            _end_run(self, "KILLED")
 
     # -- the rest, sent at once ---------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -241,7 +270,10 @@ def _experiment_id(client, experiment: str | None) -> str:
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
     try:
         exp = client.get_experiment_by_name(name)
-        return exp.experiment_id if exp else client.create_experiment(name)
+        if exp is None:
+            return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+        _mark_classic(client, exp)
+        return exp.experiment_id
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" in str(exc):  # created concurrently
             return client.get_experiment_by_name(name).experiment_id
@@ -251,6 +283,30 @@ def _experiment_id(client, experiment: str | None) -> str:
         raise CloudError(f"cannot reach the tracking server "
                          f"{client._tracking_client.tracking_uri}: {exc}. Start the lab "
                          "(3_launch_lab) or set MLFLOW_TRACKING_URI.") from exc
+
+
+def _mark_classic(client, exp) -> None:
+    """Tag an experiment without a kind as classic ML, so MLflow 3's UI opens on its runs
+    table and not its GenAI traces view. A kind already set is left alone; a refusal (a
+    reader's account) is logged."""
+    if (exp.tags or {}).get(TAG_EXPERIMENT_KIND):
+        return
+    try:
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+    except Exception as exc:
+        log.info("could not set the kind of experiment %s: %s", exp.name, exc)
+
+
+def _end_run(run: Run, status: str) -> None:
+    """End ``run`` as ``status`` (MLflow's active run through mlflow.end_run; under
+    `replab run` that leaves it to the parent, which records the exit status)."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run.run_id:
+        mlflow.end_run(status=status)
+    else:
+        run.client.set_terminated(run.run_id, status)
 
 
 @contextlib.contextmanager
@@ -270,13 +326,18 @@ def start_run(
     run_id: str | None = None,
     entrypoint: Mapping[str, Any] | None = None,
     batch_size: int = BATCH,
+    flush_interval: float = FLUSH_INTERVAL,
 ) -> Iterator[Run]:
     """Start (or, with ``run_id``, resume) a tracked MLflow run; yields a :class:`Run`.
 
     The run is MLflow's active run too, so ``mlflow.log_*`` and autologging land in it. On
     an exception the buffered metrics are flushed, the traceback attached, the run marked
-    FAILED and the exception re-raised; on KeyboardInterrupt the run is KILLED.
-    Raises CloudError when the tracking server cannot be reached.
+    FAILED and the exception re-raised; on KeyboardInterrupt the run is KILLED; on SIGTERM
+    (handled only when started from the main thread, in front of any handler already there,
+    and put back at the end) the metrics are flushed and the run KILLED. ``sys.exit(0)``
+    inside the block ends it FINISHED. Metrics are sent at least every ``flush_interval``
+    seconds (0: only in batches and at the end). Raises CloudError when the tracking server
+    cannot be reached.
     """
     import mlflow
 
@@ -295,7 +356,10 @@ def start_run(
         mlflow.end_run()  # a leftover run from an interrupted cell must not swallow this one
     active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
                               run_name=run_name, log_system_metrics=system_metrics or None)
-    run = Run(client, active.info.run_id, active.info.experiment_id, batch_size)
+    run = Run(client, active.info.run_id, active.info.experiment_id, batch_size,
+              flush_interval)
+    under_parent = os.environ.get(ENV_PARENT_RUN) == run.run_id  # `replab run` ends it
+    installed = termination.install(run._on_signal)
     seeded: dict[str, bool] = {}
     if seed is not None:
         try:
@@ -304,6 +368,8 @@ def start_run(
             log.warning("seeding failed: %s", exc)
     status = "FINISHED"
     try:
+        if under_parent:
+            extra_tags[TAG_OPEN] = "true"
         if params:
             run.log_params(params)
         if extra_tags:
@@ -315,14 +381,22 @@ def start_run(
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except SystemExit as exc:
+        if run.signal:  # sys.exit() from the program's own SIGTERM handler
+            status = "KILLED"
+        elif exc.code not in (None, 0):
+            status = "FAILED"
+        raise
     except BaseException:
-        status = "FAILED"
+        status = "KILLED" if run.signal else "FAILED"
         with contextlib.suppress(Exception):
             run.flush()
         with contextlib.suppress(Exception):
             run.log_text(traceback.format_exc(), TRACEBACK)
         raise
     finally:
+        termination.restore(installed)
+        run._buffer.close()
         try:
             run.flush()
         except Exception as exc:
@@ -330,6 +404,12 @@ def start_run(
             status = "FAILED" if status == "FINISHED" else status
         if status == "FINISHED" and run.end_status:
             status = run.end_status
+        if run.signal:  # KILLED, or a program that handled the signal and finished
+            with contextlib.suppress(Exception):
+                run.set_tags({TAG_SIGNAL: run.signal})
+        if under_parent:
+            with contextlib.suppress(Exception):
+                client.delete_tag(run.run_id, TAG_OPEN)
         mlflow.end_run(status=status)
 
 
@@ -351,30 +431,9 @@ def _capture_into(run: Run, *, repo, seed, seeded, inputs, entrypoint, params) -
             return
         run.manifest = manifest
         record_manifest(run, manifest, tmp)
-        _log_inputs(manifest)
-
-
-def _log_inputs(manifest: Mapping[str, Any]) -> None:
-    """Declared inputs also go to MLflow's dataset tracking, where they fit."""
-    data = (manifest.get("captures") or {}).get("inputs") or {}
-    items = data.get("items", data) if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        return
-    try:
-        import mlflow
-        from mlflow.data.http_dataset_source import HTTPDatasetSource
-        from mlflow.data.meta_dataset import MetaDataset
-
-        for item in items:
-            uri = item.get("uri") or item.get("path")
-            digest = (item.get("sha256") or "")[:36] or None
-            if not uri:
-                continue
-            source = HTTPDatasetSource(uri) if "://" in uri else HTTPDatasetSource(
-                Path(uri).resolve().as_uri())
-            mlflow.log_input(MetaDataset(source, name=Path(uri).name or uri, digest=digest))
-    except Exception as exc:
-        log.debug("log_input skipped: %s", exc)
+        # relative input paths are relative to the repository root the capture used
+        root = ((manifest.get("captures") or {}).get("git") or {}).get("root")
+        datasets.log_inputs(manifest, root or (str(repo) if repo else None))
 
 
 # -- ReproGen compatibility ------------------------------------------------------------------

@@ -6,12 +6,19 @@ listing (``<sha256>  <relative path>\\n`` per file, sorted by path; symlinks to 
 ``-> target``), so ``find . -type f | sort | xargs sha256sum`` reproduces it by hand. Inputs
 bigger than ``inputs_hash_max_bytes`` (default 4 GiB) get a cheaper stat hash (path, size,
 mtime) marked ``"hash": "stat"``. URIs are recorded as given, credentials stripped.
+
+A ``scheme:reference`` that is not a local path (``sklearn:load_digits``, ``hf:user/set``)
+is a URI too, never a file name. ``sklearn:load_*`` (the datasets bundled with
+scikit-learn) also gets a content hash of the loaded arrays (:func:`sklearn_hash`), so the
+same data gives the same sha256 in every run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +27,9 @@ from replab.capture._util import find_git_root, relative_to, sha256_file
 from replab.redact import strip_url_credentials
 
 INPUTS_HASH_MAX_BYTES = 4 * 1024**3
+# ``name:rest`` with a 2+ letter scheme (``C:`` is a Windows drive) and no ``//`` after it
+SCHEME_REF = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(?!//)(.+)$")
+log = logging.getLogger(__name__)
 
 
 def _walk(top: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -64,8 +74,14 @@ def describe(item: Any, root: str | None, max_bytes: int | None) -> dict[str, An
     text = os.fspath(item) if isinstance(item, os.PathLike) else str(item)
     if "://" in text and not text.startswith("file://"):
         return {"kind": "uri", "uri": strip_url_credentials(text)}
+    ref = SCHEME_REF.match(text)
+    if ref and ref.group(1).lower() != "file" and not os.path.exists(os.path.expanduser(text)):
+        entry = {"kind": "uri", "uri": text}
+        if ref.group(1).lower() == "sklearn":
+            entry.update(sklearn_hash(ref.group(2)))
+        return entry
     path = text
-    if text.startswith("file://"):
+    if text.startswith("file:"):  # file:///p and file:/p
         from urllib.parse import unquote, urlsplit
 
         path = unquote(urlsplit(text).path)
@@ -86,6 +102,39 @@ def describe(item: Any, root: str | None, max_bytes: int | None) -> dict[str, An
     else:
         entry["kind"] = "missing"
     return entry
+
+
+def sklearn_hash(loader: str) -> dict[str, Any]:
+    """Content hash of a dataset bundled with scikit-learn (``load_digits``, ``load_iris``...):
+    sha256 over each array's name, dtype, shape and bytes, in the order data, target.
+    {} for a loader that downloads (``fetch_*``), needs arguments, or when scikit-learn is
+    not installed (the URI alone is then the record)."""
+    if not re.fullmatch(r"load_[a-z0-9_]+", loader):
+        return {}
+    try:
+        import numpy
+        import sklearn
+        from sklearn import datasets
+
+        bunch = getattr(datasets, loader)()
+        digest = hashlib.sha256()
+        arrays = 0
+        for key in ("data", "target"):
+            if key not in bunch:
+                continue
+            array = numpy.ascontiguousarray(numpy.asarray(bunch[key]))
+            if array.dtype == object:
+                return {}
+            digest.update(f"{key} {array.dtype.str} {array.shape}\n".encode())
+            digest.update(array.tobytes())
+            arrays += 1
+    except Exception as exc:  # no scikit-learn, no such loader, a loader needing arguments
+        log.debug("no content hash for sklearn:%s: %s", loader, exc)
+        return {}
+    if not arrays:
+        return {}
+    return {"hash": "content", "sha256": digest.hexdigest(),
+            "library": f"scikit-learn {sklearn.__version__}"}
 
 
 @capture("inputs")
