@@ -247,3 +247,49 @@ def ec2(local_openstack) -> Iterator[dict[str, Any]]:
     """An EC2 credential of the demo user for this test (see :func:`ec2_credential`)."""
     with ec2_credential(local_openstack) as cred:
         yield cred
+
+
+def unique_name(stem: str) -> str:
+    """``stem``-8 hex: a name that no earlier (interrupted) or concurrent test run holds, so
+    a test creating Keystone or Swift state by that name starts from a clean state."""
+    import uuid
+
+    return f"{stem}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def removed_afterwards(stack: LocalOpenStack, *, app_credentials: tuple[str, ...] = (),
+                       stores: tuple[Any, ...] = (), containers: tuple[str, ...] = ()
+                       ) -> Iterator[None]:
+    """Whatever the test leaves, delete on the way out (passed or not), as the demo user:
+    the application credentials named ``app_credentials``, the application and EC2
+    credentials the secrets ``stores`` (replab.credentials.SecretsStore) hold at the end, and
+    the Swift containers (S3 buckets) ``containers`` with their objects. Only what is named
+    goes: tests running concurrently against the same stack keep theirs."""
+    try:
+        yield
+    finally:
+        conn = demo_connection(stack)
+        try:
+            uid = conn.current_user_id
+            apps, ec2s = set(), set()
+            for name in app_credentials:
+                r = conn.identity.get(f"/users/{uid}/application_credentials?name={name}")
+                apps |= {c["id"] for c in r.json()["application_credentials"]}
+            for store in stores:
+                data = store.credentials() if store.dir.exists() else {}
+                apps |= {(data.get("application_credential") or {}).get("id")} - {None}
+                ec2s |= {(data.get("ec2") or {}).get("access")} - {None}
+            for app in apps:
+                r = conn.identity.delete(f"/users/{uid}/application_credentials/{app}")
+                assert r.status_code in (204, 404), r.text
+            for access in ec2s:
+                r = conn.identity.delete(f"/users/{uid}/credentials/OS-EC2/{access}")
+                assert r.status_code in (204, 404), r.text
+            present = {c.name for c in conn.object_store.containers()}
+            for name in set(containers) & present:
+                for obj in conn.object_store.objects(name):
+                    conn.object_store.delete_object(obj, container=name, ignore_missing=True)
+                conn.object_store.delete_container(name, ignore_missing=True)
+        finally:
+            conn.close()

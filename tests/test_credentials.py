@@ -10,14 +10,16 @@ import yaml
 from replab import config, credentials
 from replab.credentials import SecretsStore
 from replab.errors import CloudError, ConfigError
-from tests.fixtures_openstack import clouds_yaml
+from tests.fixtures_openstack import clouds_yaml, removed_afterwards, unique_name
 
 pytestmark = pytest.mark.services
 
 
 def _cfg(stack, tmp_path, **extra):
+    """A CHI@UC config at the local stack, under an experiment name of its own (its
+    credentials and buckets are new: a clean state)."""
     return config.build({
-        "experiment": extra.pop("experiment", "credtest"), "frameworks": ["sklearn"],
+        "experiment": unique_name("credtest"), "frameworks": ["sklearn"],
         "site": "CHI@UC", "workdir": str(tmp_path / "wd"),
         "endpoints": {"auth_url": stack.auth_url, "storage_auth_url": stack.auth_url,
                       "s3_endpoint": stack.s3_endpoint, "region": stack.region},
@@ -32,6 +34,26 @@ def clouds(local_openstack, tmp_path):
 @pytest.fixture
 def demo_auth(local_openstack, clouds):
     return credentials.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
+
+
+@pytest.fixture
+def store(local_openstack, tmp_path):
+    """The test's secrets store; what it holds at the end is deleted at Keystone."""
+    s = SecretsStore(tmp_path / "wd")
+    with removed_afterwards(local_openstack, stores=(s,)):
+        yield s
+
+
+@pytest.fixture
+def chi_cfg(local_openstack, tmp_path):
+    """A CHI@UC config at the local stack (:func:`_cfg`); the credentials and buckets it
+    names are deleted afterwards, whatever the test left."""
+    cfg = _cfg(local_openstack, tmp_path)
+    with removed_afterwards(
+            local_openstack, app_credentials=(cfg.names["application_credential"],),
+            stores=(SecretsStore(cfg.workdir),),
+            containers=(cfg.buckets.data, cfg.buckets.artifacts, cfg.buckets.backups)):
+        yield cfg
 
 
 def _modes(store: SecretsStore):
@@ -66,16 +88,15 @@ def test_jupyterhub_source_builds_the_oidc_plugin():
 
 
 def test_application_and_ec2_credentials_are_created_once_then_reused(
-        local_openstack, demo_auth, tmp_path):
-    store = SecretsStore(tmp_path / "wd")
+        local_openstack, demo_auth, store):
+    name = unique_name("replab-t1")
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
-    first = credentials.ensure_application_credential(demo_auth, "replab-t1", expires, store)
+    first = credentials.ensure_application_credential(demo_auth, name, expires, store)
     saved = store.credentials()["application_credential"]
-    # "replaced" when an earlier, interrupted run left one of that name behind
-    assert first.action in ("created", "replaced") and saved["roles"] == ["member"]
+    assert first.action == "created" and saved["roles"] == ["member"]
     assert saved["unrestricted"] is False and saved["expires_at"].startswith(
         expires.strftime("%Y-%m-%dT%H:%M"))
-    second = credentials.ensure_application_credential(demo_auth, "replab-t1", expires, store)
+    second = credentials.ensure_application_credential(demo_auth, name, expires, store)
     assert second.action == "reused" and store.credentials()["application_credential"][
         "id"] == saved["id"]
     e1 = credentials.ensure_ec2_credential(demo_auth, store)
@@ -86,15 +107,15 @@ def test_application_and_ec2_credentials_are_created_once_then_reused(
     # Keystone agrees: exactly one application credential of that name, expiring as asked
     listed = demo_auth.session.get(
         f"{local_openstack.auth_url}/users/{demo_auth.user_id}/application_credentials"
-        "?name=replab-t1").json()["application_credentials"]
+        f"?name={name}").json()["application_credentials"]
     assert [c["id"] for c in listed] == [saved["id"]] and listed[0]["unrestricted"] is False
     credentials.delete_credentials(demo_auth, store)
 
 
-def test_deleted_or_tampered_credentials_are_rotated(local_openstack, demo_auth, tmp_path):
-    store = SecretsStore(tmp_path / "wd")
+def test_deleted_or_tampered_credentials_are_rotated(local_openstack, demo_auth, store):
+    name = unique_name("replab-t2")
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
-    credentials.ensure_application_credential(demo_auth, "replab-t2", expires, store)
+    credentials.ensure_application_credential(demo_auth, name, expires, store)
     credentials.ensure_ec2_credential(demo_auth, store)
     old = store.credentials()
     # deleted behind our back (e.g. in Horizon)
@@ -102,7 +123,7 @@ def test_deleted_or_tampered_credentials_are_rotated(local_openstack, demo_auth,
                              f"application_credentials/{old['application_credential']['id']}")
     demo_auth.session.delete(f"{local_openstack.auth_url}/users/{demo_auth.user_id}/"
                              f"credentials/OS-EC2/{old['ec2']['access']}")
-    a = credentials.ensure_application_credential(demo_auth, "replab-t2", expires, store)
+    a = credentials.ensure_application_credential(demo_auth, name, expires, store)
     e = credentials.ensure_ec2_credential(demo_auth, store)
     new = store.credentials()
     assert a.action == "created" and e.action == "created"
@@ -113,15 +134,15 @@ def test_deleted_or_tampered_credentials_are_rotated(local_openstack, demo_auth,
     # a wrong stored secret: the credential of that name is replaced, not duplicated
     new["application_credential"]["secret"] = "wrong-secret-value"
     store.save_credentials(new)
-    r = credentials.ensure_application_credential(demo_auth, "replab-t2", expires, store)
+    r = credentials.ensure_application_credential(demo_auth, name, expires, store)
     assert r.action == "replaced"
     # a longer lease than the stored credential covers: replaced too
     r = credentials.ensure_application_credential(
-        demo_auth, "replab-t2", expires + dt.timedelta(days=3), store)
+        demo_auth, name, expires + dt.timedelta(days=3), store)
     assert r.action == "replaced"
     listed = demo_auth.session.get(
         f"{local_openstack.auth_url}/users/{demo_auth.user_id}/application_credentials"
-        "?name=replab-t2").json()["application_credentials"]
+        f"?name={name}").json()["application_credentials"]
     assert len(listed) == 1
     out = credentials.delete_credentials(demo_auth, store)
     assert [o.action for o in out] == ["deleted", "deleted"]
@@ -129,10 +150,10 @@ def test_deleted_or_tampered_credentials_are_rotated(local_openstack, demo_auth,
 
 
 def test_a_restricted_application_credential_cannot_mint_more_and_says_why(
-        local_openstack, demo_auth, tmp_path):
-    store = SecretsStore(tmp_path / "wd")
+        local_openstack, demo_auth, store, tmp_path):
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
-    credentials.ensure_application_credential(demo_auth, "replab-t3", expires, store)
+    credentials.ensure_application_credential(demo_auth, unique_name("replab-t3"), expires,
+                                              store)
     app = store.credentials()["application_credential"]
     env = {"OS_APPLICATION_CREDENTIAL_ID": app["id"],
            "OS_APPLICATION_CREDENTIAL_SECRET": app["secret"],
@@ -145,14 +166,13 @@ def test_a_restricted_application_credential_cannot_mint_more_and_says_why(
     credentials.delete_credentials(demo_auth, store)
 
 
-def test_setup_twice_creates_nothing_new_and_verifies(local_openstack, clouds, tmp_path):
-    cfg = _cfg(local_openstack, tmp_path)
+def test_setup_twice_creates_nothing_new_and_verifies(local_openstack, clouds, chi_cfg):
+    cfg = chi_cfg
     lines = []
     r1 = credentials.setup(cfg, clouds_file=clouds, env={}, progress=lines.append)
     actions = {o.what: o.action for o in r1.outcomes if o.action != "verified"}
-    assert actions["application credential"] in ("created", "replaced")
-    assert actions["EC2 credential"] == "created" and actions["buckets"] in ("created",
-                                                                              "reused")
+    assert actions == {"lab secrets": "created", "application credential": "created",
+                       "EC2 credential": "created", "buckets": "created"}
     assert any(o.action == "verified" for o in r1.outcomes)
     r2 = credentials.setup(cfg, clouds_file=clouds, env={})
     assert {o.what: o.action for o in r2.outcomes if o.action != "verified"} == {
@@ -166,7 +186,7 @@ def test_setup_twice_creates_nothing_new_and_verifies(local_openstack, clouds, t
     env = store.lab_env()
     assert env["AWS_ACCESS_KEY_ID"] == data["ec2"]["access"]
     assert env["MLFLOW_S3_ENDPOINT_URL"] == local_openstack.s3_endpoint
-    clouds_entry = yaml.safe_load(store.read(store.CLOUDS))["clouds"]["replab-credtest"]
+    clouds_entry = yaml.safe_load(store.read(store.CLOUDS))["clouds"][f"replab-{cfg.experiment}"]
     assert clouds_entry["auth_type"] == "v3applicationcredential"
     shown = json.dumps(credentials.describe(store)) + "\n".join(lines)
     for secret in (data["ec2"]["secret"], data["application_credential"]["secret"],
@@ -179,8 +199,8 @@ def test_setup_twice_creates_nothing_new_and_verifies(local_openstack, clouds, t
         credentials.verify(cfg, store)
 
 
-def test_verify_reports_a_wrong_ec2_secret(local_openstack, clouds, tmp_path):
-    cfg = _cfg(local_openstack, tmp_path, experiment="credwrong")
+def test_verify_reports_a_wrong_ec2_secret(local_openstack, clouds, chi_cfg):
+    cfg = chi_cfg
     credentials.setup(cfg, clouds_file=clouds, env={}, do_verify=False)
     store = SecretsStore(cfg.workdir)
     data = store.credentials()
