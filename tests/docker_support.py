@@ -11,16 +11,20 @@ Fixtures (import them into a test module): ``docker_host`` (module scope; the en
 
 Environment: REPLAB_SKIP_SERVICES=1 skips; REPLAB_DOCKER_HOST uses that engine instead of
 starting one (it must have the base image: ``tests/services/docker.sh base``);
-REPLAB_DOCKER_STATE_DIR moves the state directory.
+REPLAB_DOCKER_STATE_DIR moves the state directory; REPLAB_DOCKER_CLI names the docker client
+(default /usr/bin/docker, Debian's, where it exists, else ``docker`` on PATH).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import ipaddress
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -38,7 +42,8 @@ STATE = Path(os.environ.get("REPLAB_DOCKER_STATE_DIR")
              or ROOT / "tests" / "services" / ".state" / "docker").absolute()
 BASE_IMAGE = "replab-test/bookworm:1"
 # The Debian client talks to the Debian engine (a newer docker CLI elsewhere on PATH may not).
-DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
+DOCKER = (os.environ.get("REPLAB_DOCKER_CLI")
+          or ("/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"))
 TIMINGS: dict[str, float] = {}
 
 
@@ -151,11 +156,44 @@ class Forward:
         self.server.close()
 
 
+def interface_ipv4(name: str) -> str | None:
+    """The IPv4 address of this machine's network interface ``name``; None when it has none
+    (SIOCGIFADDR: no dependency on iproute2's ``ip``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def bridge_gateway(env: dict) -> str:
+    """The default bridge's gateway address, whatever docker CLI and engine: IPAM's
+    ``Gateway`` where the engine reports it (dockerd started with ``--bip``, or a network
+    store that recorded it), else the IPv4 address of the bridge's interface (``docker0``),
+    which is the gateway dockerd gives the bridge's containers (Docker 20.10 on a fresh
+    data root reports only the subnet, to every CLI)."""
+    bridge = json.loads(run([DOCKER, "network", "inspect", "bridge"], env).stdout)[0]
+    configs = (bridge.get("IPAM") or {}).get("Config") or []
+    for c in configs:
+        if c.get("Gateway"):
+            return c["Gateway"].split("/")[0]
+    name = (bridge.get("Options") or {}).get("com.docker.network.bridge.name", "docker0")
+    address = interface_ipv4(name)
+    subnets = [ipaddress.ip_network(c["Subnet"]) for c in configs if c.get("Subnet")]
+    if address is None or not any(ipaddress.ip_address(address) in n for n in subnets):
+        pytest.fail(f"the Docker engine at {env.get('DOCKER_HOST')} reports no gateway for "
+                    f"its default bridge and this machine's interface {name!r} has "
+                    f"{address or 'no IPv4 address'} (subnets {', '.join(map(str, subnets))}): "
+                    "the engine must run on this machine (tests/services/docker.sh up)",
+                    pytrace=False)
+    return address
+
+
 def forward_to_bridge(url: str, env: dict) -> Forward:
     """A :class:`Forward` from the default bridge's gateway address (reachable from
     containers and from this machine) to ``url``'s host and port; ``.endpoint`` is its URL."""
-    bridge = json.loads(run([DOCKER, "network", "inspect", "bridge"], env).stdout)
-    gateway = bridge[0]["IPAM"]["Config"][0]["Gateway"]
+    gateway = bridge_gateway(env)
     host_port = url.rstrip("/").rsplit("//", 1)[1].split("/")[0]
     target = (host_port.rsplit(":", 1)[0], int(host_port.rsplit(":", 1)[1]))
     return Forward((gateway, 0), target)
