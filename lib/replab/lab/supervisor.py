@@ -351,14 +351,20 @@ def _guess(command: str) -> str:
 
 
 def listening_ports(proc) -> list[int]:
-    """The TCP ports ``proc`` listens on."""
+    """The TCP ports ``proc`` and its descendants listen on (``mlflow server`` listens
+    through a uvicorn child)."""
     import psutil
 
     try:
-        return sorted({c.laddr.port for c in proc.net_connections(kind="tcp")
-                       if c.status == psutil.CONN_LISTEN})
+        family = [proc, *proc.children(recursive=True)]
     except (psutil.Error, OSError):
         return []
+    ports = set()
+    for p in family:
+        with contextlib.suppress(psutil.Error, OSError):
+            ports |= {c.laddr.port for c in p.net_connections(kind="tcp")
+                      if c.status == psutil.CONN_LISTEN}
+    return sorted(ports)
 
 
 def port_holder(port: int) -> dict[str, Any] | None:
