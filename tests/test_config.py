@@ -136,7 +136,7 @@ def test_gpu_vendor_with_the_cpu_image_is_refused_before_any_cloud_call(site, ex
         config.build(basic(site, image=sites.IMAGE_CPU, **extra))
     assert err.value.fields == ["image"]
     text = str(err.value)
-    wanted = sites.IMAGE_FOR_VENDOR[vendor]
+    wanted = sites.SITES[site].image_for(vendor)
     for word in (repr(sites.IMAGE_CPU), "no GPU driver", repr(vendor), f"image: {wanted}",
                  "leave image empty"):
         assert word in text, (word, text)

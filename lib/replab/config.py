@@ -413,16 +413,17 @@ def _image(site, vendor, image, problems):
                                       "(no server is booted); leave it empty"))
         return None
     if image is None:
-        return sites.IMAGE_FOR_VENDOR.get(vendor, sites.IMAGE_CPU)
+        return site.image_for(vendor)
     if image not in site.images:
         problems.append(("image", f"{image!r} is not supported at {site.name}; "
                                   f"allowed: {', '.join(site.images)}"))
-    elif vendor in sites.IMAGE_FOR_VENDOR and image != sites.IMAGE_FOR_VENDOR[vendor]:
+    elif vendor in sites.GPU_VENDORS and image != site.image_for(vendor):
         # The CPU image has no GPU driver: host setup would fail only after the lease and
         # a bare-metal boot, so refuse here, before any cloud call.
-        wanted = sites.IMAGE_FOR_VENDOR[vendor]
+        wanted = site.image_for(vendor)
         what = {sites.IMAGE_CPU: "has no GPU driver",
                 sites.IMAGE_CUDA: "carries the NVIDIA driver",
+                sites.IMAGE_CUDA_ARM64: "carries the NVIDIA driver for ARM64",
                 sites.IMAGE_ROCM: "carries the AMD ROCm driver"}.get(image, "does not fit")
         problems.append(("image", f"{image!r} {what} but gpu_vendor is {vendor!r}; allowed: "
                                   f"{wanted} (set image: {wanted}, or leave image empty to "
