@@ -14,7 +14,12 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.fixtures_openstack import LocalOpenStack, demo_connection, run_script
+from tests.fixtures_openstack import (
+    LocalOpenStack,
+    demo_connection,
+    removed_afterwards,
+    run_script,
+)
 
 pytestmark = pytest.mark.services
 
@@ -78,11 +83,13 @@ def test_demo_password_auth_gives_token_and_object_store_in_catalog(local_openst
         assert conn.current_project_id == stack.demo.project_id
         assert conn.object_store.get_endpoint() == stack.demo_storage_url
         name = f"replab-test-{uuid.uuid4().hex[:8]}"
-        conn.object_store.create_container(name=name)
-        conn.object_store.upload_object(container=name, name="hello.txt", data=b"hi swift")
-        assert conn.object_store.download_object("hello.txt", container=name) == b"hi swift"
-        conn.object_store.delete_object("hello.txt", container=name)
-        conn.object_store.delete_container(name)
+        with removed_afterwards(stack, containers=(name,)):
+            conn.object_store.create_container(name=name)
+            conn.object_store.upload_object(container=name, name="hello.txt", data=b"hi swift")
+            assert conn.object_store.download_object("hello.txt", container=name) == b"hi swift"
+            conn.object_store.delete_object("hello.txt", container=name)
+            conn.object_store.delete_container(name)
+            assert name not in [c.name for c in conn.object_store.containers()]
     finally:
         conn.close()
 

@@ -22,7 +22,7 @@ import pytest
 
 from replab import rclone, storage
 from replab.errors import CloudError, ConfigError, ResourceTimeout
-from tests.fixtures_openstack import LocalOpenStack, ec2_credential
+from tests.fixtures_openstack import LocalOpenStack, ec2_credential, removed_afterwards
 from tests.goldens import checker
 
 MiB = 1024 * 1024
@@ -367,25 +367,27 @@ def test_multipart_upload_round_trips(s3, bucket, tmp_path):
 
 
 @pytest.mark.services
-def test_delete_bucket_refuses_non_empty_and_force_deletes_everything(s3):
+def test_delete_bucket_refuses_non_empty_and_force_deletes_everything(s3, creds):
     name = unique("del")
-    storage.ensure_bucket(s3, name)
-    s3.put_object(Bucket=name, Key="a", Body=b"1")
-    s3.put_object(Bucket=name, Key="b/c", Body=b"22")
-    upload_id = s3.create_multipart_upload(Bucket=name, Key="half")["UploadId"]
-    s3.upload_part(Bucket=name, Key="half", UploadId=upload_id, PartNumber=1, Body=b"x" * 10)
-    with pytest.raises(ConfigError) as err:
-        storage.delete_bucket(s3, name)
-    assert name in str(err.value) and "2 objects" in str(err.value)
-    assert "force=True" in str(err.value)
-    assert name in storage.list_buckets(s3)
+    with removed_afterwards(creds["stack"], containers=(name, f"{name}+segments")):
+        storage.ensure_bucket(s3, name)
+        s3.put_object(Bucket=name, Key="a", Body=b"1")
+        s3.put_object(Bucket=name, Key="b/c", Body=b"22")
+        upload_id = s3.create_multipart_upload(Bucket=name, Key="half")["UploadId"]
+        s3.upload_part(Bucket=name, Key="half", UploadId=upload_id, PartNumber=1,
+                       Body=b"x" * 10)
+        with pytest.raises(ConfigError) as err:
+            storage.delete_bucket(s3, name)
+        assert name in str(err.value) and "2 objects" in str(err.value)
+        assert "force=True" in str(err.value)
+        assert name in storage.list_buckets(s3)
 
-    assert storage.delete_bucket(s3, name, force=True) is True
-    assert name not in storage.list_buckets(s3)
-    assert storage.delete_bucket(s3, name) is False
-    with pytest.raises(CloudError, match="NoSuchBucket") as err:
-        storage.delete_bucket(s3, name, ignore_missing=False)
-    assert name in str(err.value)
+        assert storage.delete_bucket(s3, name, force=True) is True
+        assert name not in storage.list_buckets(s3)
+        assert storage.delete_bucket(s3, name) is False
+        with pytest.raises(CloudError, match="NoSuchBucket") as err:
+            storage.delete_bucket(s3, name, ignore_missing=False)
+        assert name in str(err.value)
 
 
 @pytest.mark.services
