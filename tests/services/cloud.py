@@ -46,9 +46,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+# the sibling modules, without leaving tests/services on sys.path (its openstack.py would
+# shadow openstacksdk in a process that loads this file, such as the pytest fixture)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cloud_conf as conf  # noqa: E402
-import cloud_seed as seed  # noqa: E402
+try:
+    import cloud_conf as conf
+    import cloud_seed as seed
+finally:
+    sys.path.pop(0)
 
 BASE = conf.base()
 StackError = BASE.StackError
@@ -92,9 +97,11 @@ def missing_binaries() -> list[str]:
 
 
 def fingerprint(d: Path) -> str:
-    """What a snapshot depends on: these scripts, the constraints, the state directory."""
+    """What the databases depend on: the configs, the seed, the constraints, the state
+    directory (the configs hold its paths). A snapshot or a running stack with another
+    fingerprint is not used."""
     h = hashlib.sha256(str(d).encode())
-    for name in ("cloud.py", "cloud_conf.py", "cloud_seed.py", "cloud-constraints.txt"):
+    for name in ("cloud_conf.py", "cloud_seed.py", "cloud-constraints.txt"):
         h.update((HERE / name).read_bytes())
     return h.hexdigest()[:24]
 

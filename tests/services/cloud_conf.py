@@ -149,7 +149,9 @@ enabled = false
 os_region_name = {REGION}
 [glance]
 region_name = {REGION}
-{_auth("keystone_authtoken", "nova")}{_auth("placement", "placement")}{_auth("neutron", "neutron")}{_auth("service_user", "nova")}""")  # noqa: E501
+{_auth("keystone_authtoken", "nova")}{_auth("placement", "placement")}{_auth("neutron", "neutron")}{_auth("service_user", "nova")}# Neutron 29 lets only a service (a request with a service token) delete a server's port
+send_service_user_token = true
+""")  # noqa: E501
     for host in COMPUTE_HOSTS:
         (dirs["nova"] / f"{host}.conf").write_text(
             f"""[DEFAULT]

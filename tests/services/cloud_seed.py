@@ -6,7 +6,7 @@ network ``public`` (subnet 127.10.0.0/24, DHCP off: Linux routes all of 127/8 to
 shared ``sharednet1`` (127.20.0.0/24) and ``router1`` between them. Glance: the images of
 lib/replab/sites.py (1 MiB each). Nova: flavors ``baremetal`` and ``m1.tiny``, the aggregate
 ``freepool``. Blazar: both compute hosts with their ``node_type``, reservable floating IPs
-127.10.0.10-.19 (outside the subnet's allocation pool .100-.200).
+127.10.0.10-.14 (outside the subnet's allocation pool .100-.200).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ IMAGES = ("CC-Ubuntu24.04", "CC-Ubuntu24.04-CUDA", "CC-Ubuntu24.04-ROCm")  # sit
 FLAVORS = {"baremetal": (1, 1024, 10), "m1.tiny": (1, 512, 1), "m1.large": (4, 8192, 40)}
 # vcpus, RAM MB, disk GB; m1.large is a KVM@TACC flavor (sites.py), for flavor:instance leases
 PUBLIC_CIDR, PUBLIC_POOL = "127.10.0.0/24", ("127.10.0.100", "127.10.0.200")
-RESERVABLE_IPS = tuple(f"127.10.0.{i}" for i in range(10, 20))
+RESERVABLE_IPS = tuple(f"127.10.0.{i}" for i in range(10, 15))  # 10-20 s each to register
 SHARED_CIDR = "127.20.0.0/24"
 
 
