@@ -12,8 +12,11 @@ def execute(name: str, out: Path, **params):
     """Run ``ROOT/name`` with papermill; returns the executed notebook (dict)."""
     import papermill
 
+    from replab.series import KERNEL_ARGUMENTS
+
     papermill.execute_notebook(str(ROOT / name), str(out), parameters=params, cwd=str(ROOT),
-                               progress_bar=False, log_output=False)
+                               progress_bar=False, log_output=False,
+                               extra_arguments=KERNEL_ARGUMENTS)
     return json.loads(out.read_text())
 
 
