@@ -91,20 +91,6 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _lab_line(workdir: Path, info: dict) -> str:
-    """The lab's URLs and the absolute path of the Jupyter token's file, in one line."""
-    from . import lab
-
-    describe = getattr(lab, "describe", None)  # with the tokenized JupyterLab URL
-    if describe is not None:
-        return describe(workdir)
-    from .credentials import SecretsStore
-
-    token_file = SecretsStore(workdir).path(SecretsStore.LAB_ENV)
-    return (f"MLflow: {info.get('mlflow_url')}   JupyterLab: {info.get('jupyter_url')} "
-            f"(token: {token_file})")
-
-
 def _demo_summary(workdir: Path) -> None:
     """The lab's MLflow URL and the newest run of the demo experiment, when there is a lab."""
     import json
@@ -114,7 +100,9 @@ def _demo_summary(workdir: Path) -> None:
         return
     info = json.loads(lab_file.read_text())
     url = info.get("mlflow_url")
-    print(_lab_line(workdir, info))
+    from . import lab
+
+    print(lab.describe(workdir))  # the URLs, with JupyterLab's tokenized, and the token file
     try:
         from mlflow.tracking import MlflowClient
 
