@@ -203,7 +203,7 @@ def lease_json(status: str = "PENDING", *, kvm: bool = False, lease_id: str = LE
             "resource_properties": json.dumps(["==", "$node_type", node_type]),
             "hypervisor_properties": "", "min": 1, "max": 1, "status": "pending"})
     lease = {"id": lease_id, "name": name, "status": status, "degraded": False,
-             "status_reason": None, "project_id": "p1", "user_id": "u1",
+             "project_id": "p1", "user_id": "u1",
              "start_date": "2026-05-01T12:00:00.000000", "end_date": "2026-05-02T12:00:00.000000",
              "created_at": "2026-05-01 12:00:00", "reservations": reservations, "events": []}
     lease.update(extra)
@@ -291,10 +291,19 @@ def test_existing_lease_for_another_node_type_is_an_error(api, blazar):
 
 
 def test_existing_lease_in_error_is_reported_with_its_reason(api, blazar):
-    api.expect("GET", "reservation", "/leases", json={"leases": [
-        lease_json("ERROR", status_reason="Not enough hosts available")]})
-    with pytest.raises(CloudError, match="Not enough hosts available"):
+    # Blazar has no reason field: a failed lease says why in its reservations and events
+    failed = lease_json("ERROR", events=[
+        {"event_type": "start_lease", "time": "2026-05-01T12:00:00.000000",
+         "status": "ERROR"}])
+    failed["reservations"][0]["status"] = "error"
+    api.expect("GET", "reservation", "/leases", json={"leases": [failed]})
+    with pytest.raises(CloudError) as err:
         rc.ensure_lease(blazar, make_cfg(), network_id=PUBLIC_NET, now=NOW)
+    text = str(err.value)
+    assert f"physical:host reservation {NODE_RES} is in error" in text
+    assert "event start_lease at 2026-05-01T12:00:00.000000 failed" in text
+    assert LEASE_ID in text and "delete it" in text
+    api.assert_calls()  # found, not deleted nor replaced
 
 
 def test_terminated_lease_is_replaced(api, blazar):
@@ -315,6 +324,7 @@ def test_two_leases_with_the_name_are_an_error_naming_both(api, blazar):
         rc.find_lease(blazar, "exp1-lease")
     assert "lease-a" in str(err.value) and "lease-b" in str(err.value)
     assert err.value.request == "GET /leases"
+    api.assert_calls()
 
 
 def test_blazar_refusal_becomes_a_cloud_error_naming_the_request(api, blazar):
@@ -325,6 +335,7 @@ def test_blazar_refusal_becomes_a_cloud_error_naming_the_request(api, blazar):
     with pytest.raises(CloudError, match="Not enough hosts available") as err:
         rc.ensure_lease(blazar, make_cfg(), network_id=PUBLIC_NET, now=NOW)
     assert err.value.request == "POST /leases" and "409" in str(err.value)
+    api.assert_calls()  # no retry
 
 
 @pytest.mark.parametrize("site", ["CHI@UC", "CHI@TACC", "KVM@TACC", "CHI@NCAR"])
@@ -363,10 +374,11 @@ def test_kvm_lease_needs_the_flavor_id_before_any_call(requests_mock, blazar):
 
 # -- waits -------------------------------------------------------------------------------------
 def test_lease_in_error_raises_with_blazars_reason(api, blazar):
-    reason = "Reservation aaaaaaaa: not enough resources available: 0 of 1 gpu_rtx_6000"
+    reason = f"physical:host reservation {NODE_RES} lost a reserved resource (missing_resources)"
+    failed = lease_json("ERROR")
+    failed["reservations"][0]["missing_resources"] = True
     api.expect("GET", "reservation", f"/leases/{LEASE_ID}", json={"lease": lease_json()})
-    api.expect("GET", "reservation", f"/leases/{LEASE_ID}",
-               json={"lease": lease_json("ERROR", status_reason=reason)})
+    api.expect("GET", "reservation", f"/leases/{LEASE_ID}", json={"lease": failed})
     clock = FakeClock()
     with pytest.raises(CloudError) as err:
         rc.wait_for_lease(blazar, LEASE_ID, clock=clock, sleep=clock.sleep)
@@ -421,9 +433,9 @@ def test_extension_beyond_policy_is_refused_before_any_call(requests_mock, blaza
     lease = lease_json("ACTIVE")  # 24 h, 2026-05-01 12:00 to 2026-05-02 12:00
     with pytest.raises(ConfigError, match="more than CHI@UC's maximum"):
         rc.extend_lease(blazar, lease, 200, site=site, now=NOW)
-    # a 5-day lease asked two hours in (before the extension window): 120 + 100 h > 168 h
+    # a 5-day lease asked two hours in: before the 48 h extension window opens
     long = lease_json("ACTIVE", end_date="2026-05-06T12:00:00.000000")
-    with pytest.raises(ConfigError, match="would last 220 h"):
+    with pytest.raises(ConfigError, match="only within 48 h of its end .*after 2026-05-04 12:00"):
         rc.extend_lease(blazar, long, 100, site=site, now=NOW + _dt.timedelta(hours=2))
     # without a window (plain Blazar), the same holds near the end
     with pytest.raises(ConfigError, match="would last 220 h"):
@@ -601,8 +613,7 @@ def test_kvm_server_uses_the_reserved_flavor_and_the_security_group(api, conn):
                body={"server": {"name": "exp1-server", "imageRef": IMAGE,
                                 "flavorRef": FLAVOR_RES, "key_name": "exp1-key",
                                 "networks": [{"uuid": SHARED_NET}],
-                                "security_groups": [{"name": "exp1-lab"}]},
-                     "OS-SCH-HNT:scheduler_hints": {"reservation": FLAVOR_RES}})
+                                "security_groups": [{"name": "exp1-lab"}]}})
     cfg = make_cfg("KVM@TACC", flavor="m1.large", gpu_vendor="none")
     assert cfg.image == sites.IMAGE_CPU
     rc.ensure_server(conn, cfg, reservation_id=FLAVOR_RES, keypair="exp1-key")
@@ -624,6 +635,7 @@ def test_two_images_with_the_name_are_an_error(api, conn):
                                 {"id": "img-2", "name": "CC-Ubuntu24.04"}]})
     with pytest.raises(CloudError, match="img-1, img-2"):
         rc.image_id(conn, "CC-Ubuntu24.04")
+    api.assert_calls()
 
 
 def test_server_in_error_raises_with_novas_fault(api, conn):
@@ -639,12 +651,14 @@ def test_server_in_error_raises_with_novas_fault(api, conn):
 
 
 def test_server_wait_times_out(api, conn):
-    api.expect("GET", "compute", f"/servers/{SERVER}", json={"server": server_json()})
+    for _ in range(5):  # polled at 0, 15, 30, 45 and 60 s: still BUILD at the deadline
+        api.expect("GET", "compute", f"/servers/{SERVER}", json={"server": server_json()})
     clock = FakeClock()
     with pytest.raises(ResourceTimeout, match="BUILD"):
         rc.wait_for_server(conn, SERVER, timeout=60, interval=15, clock=clock,
                            sleep=clock.sleep)
     assert clock.now == 60
+    api.assert_calls()
 
 
 def test_the_reserved_floating_ip_is_attached(api, conn):
@@ -670,6 +684,7 @@ def test_no_reserved_floating_ip_yet_is_an_error(api, conn):
                json={"floatingips": []})
     with pytest.raises(CloudError, match=f"reservation:{FIP_RES}"):
         rc.reserved_floating_ip(conn, lease_json("STARTING"))
+    api.assert_calls()
 
 
 def test_security_group_is_created_with_ssh_only(api, conn):
@@ -770,7 +785,12 @@ def test_plan_lists_every_call_and_makes_none(requests_mock, site):
     if not kvm:
         assert cfg.node_type in lease_post.body["reservations"][0]["resource_properties"]
     boot = next(c for c in calls if c.path == "/servers")
-    assert boot.body["OS-SCH-HNT:scheduler_hints"] == {"reservation": "{server_reservation.id}"}
+    if kvm:  # the flavor Blazar made for the reservation, and no reservation hint
+        assert boot.body["server"]["flavorRef"] == "{server_reservation.id}"
+        assert "OS-SCH-HNT:scheduler_hints" not in boot.body
+    else:
+        assert boot.body["OS-SCH-HNT:scheduler_hints"] == {
+            "reservation": "{server_reservation.id}"}
     assert all(c.summary for c in calls)
     assert requests_mock.call_count == 0
 
@@ -1103,6 +1123,7 @@ def test_teardown_of_a_kvm_lab_deletes_everything_and_the_credentials(
     clock = FakeClock()
     rc.provision(cfg, clients.blazar, clients.conn, state=rc.State.load(cfg.workdir),
                  public_key=KEY, now=NOW, clock=clock, sleep=clock.sleep)
+    api.assert_calls()
     auth = credentials.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
     store = SecretsStore(cfg.workdir)
     expires = NOW.replace(year=2099)
