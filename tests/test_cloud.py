@@ -1104,16 +1104,27 @@ def test_ssh_repository_needs_an_agent_before_anything_is_created(requests_mock,
     assert requests_mock.request_history == []  # refused before any call
 
 
+@pytest.fixture
+def teardown_store(local_openstack, tmp_path):
+    """The secrets store of tmp_path/wd; what it holds at the end is deleted at the local
+    Keystone, whatever the test left."""
+    from replab.credentials import SecretsStore
+    from tests.fixtures_openstack import removed_afterwards
+
+    store = SecretsStore(tmp_path / "wd")
+    with removed_afterwards(local_openstack, stores=(store,)):
+        yield store
+
+
 @pytest.mark.services
 def test_teardown_of_a_kvm_lab_deletes_everything_and_the_credentials(
-        api, clients, tmp_path, local_openstack):
+        api, clients, tmp_path, local_openstack, teardown_store):
     """After a complete KVM provision: the server (waited for until gone), the lease, the
     security group and the keypair are deleted on the recorded services; the floating IP
     is the lease's, so nothing releases it; the application and EC2 credentials are
     deleted for real at the (local) Keystone and dropped from the secrets store."""
     from replab import provisioning
-    from replab.credentials import SecretsStore
-    from tests.fixtures_openstack import clouds_yaml
+    from tests.fixtures_openstack import clouds_yaml, unique_name
 
     clouds = clouds_yaml(local_openstack, tmp_path / "clouds.yaml")
     cfg = make_cfg("KVM@TACC", workdir=str(tmp_path / "wd"),
@@ -1125,9 +1136,10 @@ def test_teardown_of_a_kvm_lab_deletes_everything_and_the_credentials(
                  public_key=KEY, now=NOW, clock=clock, sleep=clock.sleep)
     api.assert_calls()
     auth = credentials.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
-    store = SecretsStore(cfg.workdir)
+    store = teardown_store
     expires = NOW.replace(year=2099)
-    credentials.ensure_application_credential(auth, "replab-teardown-test", expires, store)
+    credentials.ensure_application_credential(auth, unique_name("replab-teardown-test"),
+                                              expires, store)
     credentials.ensure_ec2_credential(auth, store)
     app = store.credentials()["application_credential"]
     assert credentials.app_credential_works(local_openstack.auth_url, app["id"], app["secret"])
