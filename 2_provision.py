@@ -39,7 +39,8 @@ from IPython.display import Markdown, display
 from replab import cloud, config, provisioning
 
 cfg = config.load(workdir)
-display(Markdown(provisioning.plan_markdown(cfg, cloud.State.load(workdir))))
+display(Markdown(provisioning.plan_markdown(cfg, cloud.State.load(workdir), availability=True,
+                                            cloud_name=cloud or None)))
 
 # %%
 if not dry_run:
