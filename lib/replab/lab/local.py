@@ -35,8 +35,6 @@ run a second server on the same database; :func:`stop` ends them, :func:`status`
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import os
 import signal
@@ -53,71 +51,22 @@ from typing import Any
 from ..credentials import S3_REGION, SecretsStore
 from ..errors import ConfigError, ResourceTimeout
 from . import backup as _backup
-from . import localpg, supervisor
+from . import localpg, localstate, supervisor
 from .backup import BackupInfo, Database
 from .environment import jupyter_secrets, service_env
 from .localpg import DB_NAME, DB_USER, pg_bin_dir, pg_binary
+from .localstate import SERVICES, STATE_SCHEMA, Paths, paths
 from .supervisor import LaunchInterrupted, ServiceFailed, log_tail, now, say
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
-STATE_SCHEMA = 1
-LAB_DIR = "lab"
-STATE_FILE = "local.json"
-LAB_FILE = "lab.json"
-SQLITE_FILE = "mlflow.db"
-POSTGRES_DIR = "postgres"
 DEFAULT_MLFLOW_PORT = 5000
 DEFAULT_JUPYTER_PORT = 8888
 HOST = "127.0.0.1"
-SERVICES = ("postgres", "mlflow", "jupyter")  # start order; stop goes the other way
 TIMEOUTS = {"postgres": 60.0, "mlflow": 180.0, "jupyter": 90.0}
 ARTIFACT_ROOT = Path(__file__).resolve().parents[3]  # …/lib/replab/lab -> the artifact
-
-
-# -- paths -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Paths:
-    """Where the local lab keeps its files."""
-
-    workdir: Path
-
-    @property
-    def root(self) -> Path:
-        return self.workdir / LAB_DIR
-
-    @property
-    def state(self) -> Path:
-        return self.root / STATE_FILE
-
-    @property
-    def lab_file(self) -> Path:
-        return self.workdir / LAB_FILE
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    def log(self, service: str) -> Path:
-        return self.logs / f"{service}.log"
-
-    @property
-    def sqlite(self) -> Path:
-        return self.root / SQLITE_FILE
-
-    @property
-    def postgres(self) -> Path:
-        return self.root / POSTGRES_DIR
-
-    @property
-    def jupyter_runtime(self) -> Path:
-        return self.root / "jupyter-runtime"
-
-
-def paths(cfg) -> Paths:
-    return Paths(cfg.workdir_path.absolute())
 
 
 # -- what launch returns ---------------------------------------------------------------------
@@ -147,29 +96,6 @@ class LabInfo:
 
 
 # -- files and ports ---------------------------------------------------------------------------
-def _write_json(path: Path, data: Mapping[str, Any], mode: int = 0o600) -> None:
-    """Atomically (a reader sees the old file or the new one, never a part)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        os.fchmod(fh.fileno(), mode)
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
-def _read_state(p: Paths) -> dict[str, Any]:
-    try:
-        data = json.loads(p.state.read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError:
-        log.warning("%s is not JSON; ignoring it", p.state)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # As servers bind (SO_REUSEADDR): a port in TIME_WAIT is free, a listener is not.
@@ -316,11 +242,8 @@ def _start_jupyter(cfg, p: Paths, mlflow_url: str, port: int, progress: Progress
         **secrets, "MLFLOW_TRACKING_URI": mlflow_url, "MLFLOW_EXPERIMENT_NAME": cfg.experiment,
         "JUPYTER_RUNTIME_DIR": str(p.jupyter_runtime), "REPLAB_WORKDIR": str(p.workdir)})
     root = jupyter_root(cfg)
-    # no_browser_open_file: no redirect page holding the token (written 0644) in the runtime
-    # directory; the other runtime files (server info, kernel connections) are 0600.
     argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip", HOST,
-            "--port", str(port), "--ServerApp.port_retries=0",
-            "--ServerApp.no_browser_open_file=True", f"--ServerApp.root_dir={root}"]
+            "--port", str(port), "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}"]
     if os.geteuid() == 0:
         argv.append("--allow-root")
     url = f"http://{HOST}:{port}"
@@ -331,6 +254,13 @@ def _start_jupyter(cfg, p: Paths, mlflow_url: str, port: int, progress: Progress
                           "root_dir": str(root)})
     took = supervisor.wait_ready("jupyter", record, lambda: _jupyter_ok(url, token),
                                  TIMEOUTS["jupyter"], progress)
+    # Jupyter writes its redirect page (the token in its URL) 0644 before it answers; the
+    # directory is 0700 already, and its files are made 0600 as well (server info and
+    # kernel connection files are written 0600 by Jupyter itself)
+    for item in p.jupyter_runtime.iterdir():
+        with contextlib.suppress(OSError):
+            if item.is_file():
+                os.chmod(item, 0o600)
     say(progress, f"jupyter: ready at {url} (pid {record['pid']}, {took:.1f}s)")
     return record
 
@@ -381,7 +311,7 @@ def database(cfg, pg_record: Mapping[str, Any] | None = None) -> Database:
     if cfg.lab.mlflow_backend == "sqlite":
         return Database.sqlite(p.sqlite)
     if pg_record is None:
-        pg_record = _read_state(p).get("services", {}).get("postgres")
+        pg_record = localstate.read_state(p).get("services", {}).get("postgres")
     port = int(pg_record["port"]) if pg_record and pg_record.get("port") else None
     return Database.postgres(HOST, port, DB_USER, DB_NAME, localpg.pg_password(p.workdir))
 
@@ -391,7 +321,7 @@ def running_database(cfg) -> Database | None:
     may not exist yet), or the PostgreSQL cluster when its recorded server runs; else None."""
     if cfg.lab.mlflow_backend == "sqlite":
         return database(cfg)
-    record = _read_state(paths(cfg)).get("services", {}).get("postgres")
+    record = localstate.read_state(paths(cfg)).get("services", {}).get("postgres")
     if record and supervisor.process(record) is not None:
         return database(cfg, record)
     return None
@@ -399,94 +329,8 @@ def running_database(cfg) -> Database | None:
 
 def mlflow_running(cfg) -> bool:
     """Whether the local lab's recorded MLflow server process is alive."""
-    record = _read_state(paths(cfg)).get("services", {}).get("mlflow")
+    record = localstate.read_state(paths(cfg)).get("services", {}).get("mlflow")
     return supervisor.process(record) is not None
-
-
-# -- state -------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _locked(p: Paths, timeout: float = 600):
-    """One launch / stop / database start at a time per work directory (two notebooks, or
-    a notebook and the CLI, may try at once)."""
-    fd = os.open(p.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ResourceTimeout(f"another launch or stop of this lab holds "
-                                          f"{p.root / '.lock'} for more than {timeout:.0f}s"
-                                          ) from None
-                time.sleep(0.2)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _prepare_dirs(p: Paths) -> None:
-    p.root.mkdir(parents=True, exist_ok=True)
-    # Others may traverse (PostgreSQL's own user must reach its cluster) but not list.
-    os.chmod(p.root, 0o711)
-    p.logs.mkdir(exist_ok=True)
-    os.chmod(p.logs, 0o700)
-    for existing in (p.state, p.lab_file, *p.logs.glob("*.log")):
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(existing, 0o600)
-
-
-def _ports(state: Mapping[str, Any], services: Mapping[str, Any]) -> dict[str, int]:
-    ports = {k: v for k, v in (state.get("last_ports") or {}).items() if v}
-    ports.update({k: v["port"] for k, v in services.items() if v and v.get("port")})
-    return ports
-
-
-def _save_state(p: Paths, cfg, services: Mapping[str, Any], started_at: str,
-                last_ports: Mapping[str, int]) -> None:
-    _write_json(p.state, {"schema_version": STATE_SCHEMA, "site": "local",
-                          "backend": cfg.lab.mlflow_backend, "started_at": started_at,
-                          "updated_at": now(), "services": dict(services),
-                          "last_ports": _ports({"last_ports": last_ports}, services)})
-
-
-def _lab_document(cfg, services: Mapping[str, Any], status: str, started_at: str
-                  ) -> dict[str, Any]:
-    mlflow, jupyter = services.get("mlflow") or {}, services.get("jupyter") or {}
-    store = SecretsStore(cfg.workdir_path.absolute())
-    token_file = str(store.path(store.LAB_ENV))
-    described: dict[str, Any] = {}
-    for name in SERVICES:
-        r = services.get(name)
-        if not r:
-            continue
-        described[name] = {k: r[k] for k in ("pid", "port", "url", "log", "backend", "database",
-                                             "artifacts", "root_dir", "data_dir") if k in r}
-    return {
-        "schema_version": STATE_SCHEMA,
-        "site": "local",
-        "status": status,
-        "started_at": started_at,
-        "updated_at": now(),
-        "backend": cfg.lab.mlflow_backend,
-        "mlflow_url": mlflow.get("url"),
-        "jupyter_url": jupyter.get("url"),
-        "jupyter_root": jupyter.get("root_dir"),
-        # where the token is, never the token: lab.json is a record that gets printed and
-        # copied; replab.lab.urls() builds the login URL from the secrets when asked
-        "jupyter_token": f"JUPYTER_TOKEN in {token_file}",
-        "jupyter_token_file": token_file,
-        "tunnel": None,
-        "services": described,
-        "state_file": str(paths(cfg).state),
-    }
-
-
-def _write_lab_file(cfg, services: Mapping[str, Any], status: str, started_at: str) -> Path:
-    p = paths(cfg)
-    _write_json(p.lab_file, _lab_document(cfg, services, status, started_at))
-    return p.lab_file
 
 
 # -- the public verbs --------------------------------------------------------------------------
@@ -511,8 +355,8 @@ def launch(cfg, *, progress: Progress | None = None, mlflow_port: int | None = N
     p = paths(cfg)
     with supervisor.interruptible():
         try:
-            _prepare_dirs(p)
-            with _locked(p):
+            localstate.prepare_dirs(p)
+            with localstate.locked(p):
                 return _Launch(cfg, p, progress).run(mlflow_port, jupyter_port, restore)
         except LaunchInterrupted:
             raise
@@ -526,20 +370,20 @@ class _Launch:
 
     def __init__(self, cfg, p: Paths, progress: Progress | None):
         self.cfg, self.p, self.progress = cfg, p, progress
-        state = _read_state(p)
+        state = localstate.read_state(p)
         self.records: dict[str, Any] = dict(state.get("services") or {})
         if self.records and state.get("backend") != cfg.lab.mlflow_backend:
             say(progress, f"backend changed to {cfg.lab.mlflow_backend}: restarting the lab")
             for line in _stop(cfg, p):
                 log.info("%s", line)
-            state, self.records = _read_state(p), {}
-        self.last = _ports(state, self.records)
+            state, self.records = localstate.read_state(p), {}
+        self.last = localstate.known_ports(state, self.records)
         self.started_at = state.get("started_at") or now()
         self.started: list[str] = []
         self.notes: list[str] = []
 
     def save(self) -> None:
-        _save_state(self.p, self.cfg, self.records, self.started_at, self.last)
+        localstate.save_state(self.p, self.cfg, self.records, self.started_at, self.last)
 
     def register(self, name: str) -> Callable[[dict[str, Any]], None]:
         def record(rec: dict[str, Any]) -> None:
@@ -639,7 +483,7 @@ class _Launch:
         if self.started and len(self.started) == len(services):
             self.started_at = now()
         self.save()
-        lab_file = _write_lab_file(cfg, services, "running", self.started_at)
+        lab_file = localstate.write_lab_file(cfg, services, "running", self.started_at)
         reused = not self.started
         if reused:
             say(progress, "lab: reused (every service was already running and healthy)")
@@ -673,8 +517,8 @@ def start_database(cfg, *, progress: Progress | None = None) -> Database:
     if cfg.lab.mlflow_backend == "sqlite":
         return database(cfg)
     p = paths(cfg)
-    _prepare_dirs(p)
-    with supervisor.interruptible(), _locked(p):
+    localstate.prepare_dirs(p)
+    with supervisor.interruptible(), localstate.locked(p):
         run = _Launch(cfg, p, progress)
         if _usable(cfg, "postgres", run.records.get("postgres"), progress):
             return database(cfg, run.records["postgres"])
@@ -702,11 +546,11 @@ def status(cfg) -> dict[str, Any]:
     lab that no record names. ``running``/``healthy`` overall: every expected service runs /
     answers."""
     p = paths(cfg)
-    state = _read_state(p)
+    state = localstate.read_state(p)
     recorded = state.get("services") or {}
     backend = state.get("backend") or cfg.lab.mlflow_backend
     expected = [s for s in SERVICES if s != "postgres" or backend == "postgresql"]
-    last = _ports(state, recorded)
+    last = localstate.known_ports(state, recorded)
     family = supervisor.family_pids(recorded.values())
     out: dict[str, Any] = {}
     summary = []
@@ -747,12 +591,12 @@ def stop(cfg, *, timeout: float = 20) -> list[str]:
     p = paths(cfg)
     if not p.root.is_dir():
         return ["lab: nothing recorded as running"]
-    with _locked(p):
+    with localstate.locked(p):
         return _stop(cfg, p, timeout)
 
 
 def _stop(cfg, p: Paths, timeout: float = 20) -> list[str]:
-    state = _read_state(p)
+    state = localstate.read_state(p)
     recorded = dict(state.get("services") or {})
     lines = []
     for name in reversed(SERVICES):
@@ -768,11 +612,12 @@ def _stop(cfg, p: Paths, timeout: float = 20) -> list[str]:
     if not lines:
         lines.append("lab: nothing recorded as running")
     if state:
-        _write_json(p.state, {"schema_version": STATE_SCHEMA, "site": "local",
-                              "backend": state.get("backend"), "stopped_at": now(),
-                              "services": {}, "last_ports": _ports(state, recorded)})
+        last = localstate.known_ports(state, recorded)
+        localstate.write_json(p.state, {"schema_version": STATE_SCHEMA, "site": "local",
+                                        "backend": state.get("backend"), "stopped_at": now(),
+                                        "services": {}, "last_ports": last})
         if p.lab_file.exists():
-            _write_lab_file(cfg, {}, "stopped", state.get("started_at") or now())
+            localstate.write_lab_file(cfg, {}, "stopped", state.get("started_at") or now())
     return lines
 
 
