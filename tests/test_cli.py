@@ -127,3 +127,13 @@ def test_status_table_of_a_server_lab_shows_each_service_state():
     assert lines[0] == "lab: NOT healthy  site=CHI@UC  host=10.0.0.5"
     assert [ln.split() for ln in lines[1:]] == [["service", "state"], ["mlflow", "healthy"],
                                                 ["jupyter", "starting"]]
+
+
+def test_status_table_names_unrecorded_processes_after_the_services():
+    text = cli.status_table({"site": "local", "healthy": False,
+                             "services": {"mlflow": {"running": False, "healthy": False}},
+                             "unrecorded": [{"service": "mlflow", "pid": 4242}],
+                             "summary": ["unrecorded mlflow: pid 4242 (replab lab stop ends it)"]})
+    lines = text.splitlines()
+    assert "unrecorded" not in lines[0] and "summary" not in lines[0]
+    assert lines[-1] == "unrecorded mlflow: pid 4242 (replab lab stop ends it)"

@@ -222,12 +222,14 @@ _COLUMNS = ("running", "healthy", "port", "pid", "url", "log")
 def status_table(info: dict) -> str:
     """``lab status`` for people: a line about the lab, then one row per service."""
     services = info.get("services") or {}
-    head = {k: v for k, v in info.items() if k != "services" and v not in (None, "")}
+    notes = [str(line) for line in info.get("summary") or []]  # e.g. unrecorded processes
+    head = {k: v for k, v in info.items()
+            if k not in ("services", "summary", "unrecorded") and v not in (None, "", [])}
     state = "healthy" if _healthy(info) else "NOT healthy"
     lines = [f"lab: {state}  " + "  ".join(f"{k}={v}" for k, v in head.items()
                                           if k not in ("healthy", "running"))]
     if not services:
-        return "\n".join([*lines, "no services (the lab was never launched here)"])
+        return "\n".join([*lines, "no services (the lab was never launched here)", *notes])
     if all(isinstance(v, dict) for v in services.values()):
         cols = [c for c in _COLUMNS if any(c in v for v in services.values())]
         rows = [[name, *(_cell(v.get(c)) for c in cols)] for name, v in services.items()]
@@ -236,7 +238,7 @@ def status_table(info: dict) -> str:
     rows = [["service", *cols], *rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
+    return "\n".join([*lines, *notes])
 
 
 def _cell(value) -> str:
@@ -357,8 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReplabError as exc:
         _err(str(exc))
         return 1
-    except KeyboardInterrupt:
-        _err("interrupted")
+    except KeyboardInterrupt as exc:
+        _err(str(exc) or "interrupted")
         return 130
 
 

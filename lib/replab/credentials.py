@@ -512,9 +512,12 @@ def ensure_lab_secrets(store: SecretsStore, env: Mapping[str, str] | None = None
         lab["mlflow_user"] = "replab"
         lab["mlflow_password"] = _secrets.token_urlsafe(24)
         made.append("MLflow password")
-    for key in ("HF_TOKEN", "GH_TOKEN"):
-        if env.get(key) and lab.get(key.lower()) != env[key]:
-            lab[key.lower()] = env[key]
+    # GitHub's own tools read GH_TOKEN first, then GITHUB_TOKEN (what Actions sets).
+    found = {"HF_TOKEN": env.get("HF_TOKEN"),
+             "GH_TOKEN": env.get("GH_TOKEN") or env.get("GITHUB_TOKEN")}
+    for key, value in found.items():
+        if value and lab.get(key.lower()) != value:
+            lab[key.lower()] = value
             made.append(key)
     data["lab"] = lab
     store.save_credentials(data)

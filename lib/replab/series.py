@@ -196,6 +196,14 @@ def run_series(
                 kernel_name=kernel_name, progress_bar=False, log_output=False,
                 extra_arguments=KERNEL_ARGUMENTS,
             )
+        except KeyboardInterrupt as exc:
+            # nbclient interrupts the kernel, whose cell (a lab launch, say) cleans up after
+            # itself; the user gets one line, not the kernel client's ZMQ traceback.
+            result.runs.append(NotebookRun(nb.stem, str(out), time.monotonic() - t0, False,
+                                           given))
+            say(f"[{i}/{len(notebooks)}] {nb.stem} interrupted")
+            raise SeriesInterrupted(f"interrupted during {nb.stem}; its partial output is "
+                                    f"{out}; re-run the series to continue") from exc
         except PapermillExecutionError as exc:
             dt = time.monotonic() - t0
             result.runs.append(NotebookRun(nb.stem, str(out), dt, False, given))
@@ -207,6 +215,10 @@ def run_series(
         result.runs.append(NotebookRun(nb.stem, str(out), dt, True, given))
         say(f"[{i}/{len(notebooks)}] {nb.stem} ok ({dt:.1f}s) -> {out}")
     return result
+
+
+class SeriesInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM turned into it) during a notebook; the message says which."""
 
 
 def _first_line(text: str) -> str:
