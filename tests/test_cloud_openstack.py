@@ -273,3 +273,54 @@ def test_teardown_gives_everything_back(bare_metal, demo, admin):
     assert sorted(freepool.hosts) == ["compute-1", "compute-2"]
     assert rc.delete_lease(blazar, cfg.names["lease"]) is False
     assert rc.delete_server(conn, cfg.names["server"]) is False
+
+
+# -- a lease that ends -------------------------------------------------------------------------
+def test_lease_that_has_ended_is_replaced_by_ensure_lease(demo, tmp_path):
+    cfg = make_cfg(tmp_path, node_type="compute_skylake")
+    net = rc.network_id(demo.conn)
+    lease, _ = rc.ensure_lease(demo.blazar, cfg, network_id=net)
+    lease = rc.wait_for_lease(demo.blazar, lease["id"], **WAIT)
+    # cut it short (what Blazar does at its end date): end it at the next minute
+    soon = leases.blazar_time(leases.utcnow() + _dt.timedelta(minutes=1))
+    demo.blazar.lease.update(lease["id"], end_date=soon)
+    deadline = time.monotonic() + 240
+    while rc.get_lease(demo.blazar, lease["id"])["status"] != "TERMINATED":
+        assert time.monotonic() < deadline, rc.get_lease(demo.blazar, lease["id"])
+        time.sleep(2)
+    with pytest.raises(CloudError, match="is TERMINATED"):
+        rc.wait_for_lease(demo.blazar, lease["id"], **WAIT)
+    fresh, created = rc.ensure_lease(demo.blazar, cfg, network_id=net)
+    try:
+        assert created and fresh["id"] != lease["id"]
+        assert [x["id"] for x in demo.blazar.lease.list()
+                if x["name"] == cfg.names["lease"]] == [fresh["id"]]
+    finally:
+        assert rc.delete_lease(demo.blazar, fresh["id"]) is True
+    wait_lease_gone(demo.blazar, fresh["id"])
+
+
+# -- KVM: a flavor reservation (Blazar's flavor:instance plugin) -------------------------------
+def test_kvm_provision_boots_the_reserved_flavor(demo, admin, tmp_path, local_cloud):
+    cfg = make_cfg(tmp_path, site="KVM@TACC", flavor="m1.large", gpu_vendor="none")
+    state = rc.State(tmp_path / rc.STATE_FILE)
+    done = None
+    try:
+        done = rc.provision(cfg, demo.blazar, demo.conn, state=state, public_key=KEY,
+                            lease_timeout=240, server_timeout=240, sleep=fast_sleep)
+        res = leases.reservations(done.lease, leases.FLAVOR)
+        assert len(res) == 1 and done.lease["status"] == "ACTIVE"
+        server = admin.conn.compute.get_server(done.server.id)
+        assert server.status == "ACTIVE"
+        # Blazar made a private flavor named after the reservation; the server runs it
+        assert server.flavor.original_name == f"reservation:{res[0]['id']}"
+        assert [g["name"] for g in server.security_groups] == [cfg.names["security_group"]]
+        assert done.address in local_cloud.state["reservable_floating_ips"]
+    finally:
+        rc.delete_server(demo.conn, cfg.names["server"], wait=True, interval=1)
+        rc.delete_keypair(demo.conn, rc.keypair_name(cfg))
+        rc.delete_security_group(demo.conn, cfg.names["security_group"])
+        lease = rc.find_lease(demo.blazar, cfg.names["lease"])
+        if lease is not None:
+            rc.delete_lease(demo.blazar, lease["id"])
+            wait_lease_gone(demo.blazar, lease["id"])
