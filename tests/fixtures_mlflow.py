@@ -28,7 +28,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow(root: Path, backend: str | None = None, timeout: float = 90) -> MlflowServer:
+def start_mlflow(root: Path, backend: str | None = None, timeout: float = 300) -> MlflowServer:
     """Start ``mlflow server`` on a free loopback port; raises RuntimeError with its log."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()

@@ -280,7 +280,7 @@ def rebuild_workspace(source: Source, dest: str | os.PathLike, *,
             if "symlink" in f:
                 target.symlink_to(f["symlink"])
             elif "content" in f:
-                target.write_text(f["content"])
+                target.write_text(f["content"], encoding="utf-8")
                 restored += 1
         if restored:
             say(f"restored {restored} untracked file(s)")
@@ -360,12 +360,13 @@ def execute(source: Source, workspace: Path, python: str, *,
             timeout: float | None = None) -> Execution:
     """Re-execute the entrypoint in ``workspace`` with the recorded determinism settings;
     the new run is tagged as a replay of the original and returned."""
-    import mlflow
+    from . import trackingserver
 
     say = progress or (lambda _m: None)
+    # Never MLflow's default store: it is a stray mlflow.db in the replayed workspace.
+    uri = trackingserver.resolve(tracking_uri)
     cmd, cwd = command_for(source, workspace, python)
     (workspace / ".replab").mkdir(exist_ok=True)
-    uri = tracking_uri or mlflow.get_tracking_uri()
     env = dict(os.environ)
     extra = {**determinism_env(source), "MLFLOW_TRACKING_URI": uri,
              "REPLAB_REPLAY_OF": source.run_id}
