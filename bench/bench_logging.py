@@ -1,7 +1,9 @@
 """Metric logging: replab's batched ``run.log_metrics`` vs a naive ``mlflow.log_metric`` loop
 vs raw ``MlflowClient.log_batch``, side by side against one local MLflow server.
 
-Targets: replab at least 20x faster than the naive loop, and within 1.5x of raw log_batch.
+Targets: replab at least 60x faster than the naive loop, and within 1.5x of raw log_batch.
+replab also sends buffered points at least every second (a background thread); that is on
+here, as in every real run.
 
     .venv/bin/python bench/bench_logging.py [--points 10000] [--naive-points 10000]
 """
@@ -81,8 +83,8 @@ def main() -> int:
     print(f"raw MlflowClient.log_batch: {t_raw:5.3f} s  {r_raw:10.0f} points/s")
     print(f"naive mlflow.log_metric: {t_naive:8.3f} s  {r_naive:10.0f} points/s")
     speedup, overhead = r_replab / r_naive, r_raw / r_replab
-    print(f"replab vs naive loop   : {speedup:6.1f}x faster   (target >= 20x)  "
-          f"{'OK' if speedup >= 20 else 'MISSED'}")
+    print(f"replab vs naive loop   : {speedup:6.1f}x faster   (target >= 60x)  "
+          f"{'OK' if speedup >= 60 else 'MISSED'}")
     print(f"raw log_batch vs replab: {overhead:6.2f}x          (target <= 1.5x) "
           f"{'OK' if overhead <= 1.5 else 'MISSED'}")
     return 0
