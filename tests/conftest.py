@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_mlflow", "tests.fixtures_openstack", "tests.fixtures_ssh"]
+pytest_plugins = ["tests.fixtures_mlflow", "tests.fixtures_openstack", "tests.fixtures_ssh",
+                  "tests.fixtures_cloud"]
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in ROOT.glob("[0-9]_*.ipynb"))
