@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import tracking
+from . import termination, tracking
 from .errors import ReplayError
 from .replayenv import (  # noqa: F401  (re-exported: replay.ensure_environment & co.)
     cache_root,
@@ -378,11 +378,24 @@ def execute(source: Source, workspace: Path, python: str, *,
     t0 = time.time()
     log_path = workspace / ".replab" / "replay.log"
     with open(log_path, "wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        # SIGTERM to the replay goes on to the program (which saves its metrics and ends its
+        # run); Ctrl-C stops it too: no replayed program outlives its replay.
         try:
-            rc = subprocess.run(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                timeout=timeout).returncode
+            with termination.forwarded(proc.send_signal):
+                rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
             rc = -9
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
     seconds = time.time() - t0
     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
     new = _find_replay(uri, source.run_id, since_ms=int(t0 * 1000) - 1000)
