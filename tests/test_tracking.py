@@ -57,6 +57,11 @@ def test_run_records_params_manifest_lock_diff_untracked_and_tags(tracking_uri, 
     assert "print(2)" in arts[tracking.DIFF]
     assert "mlflow==" in arts[tracking.LOCK]
     assert "untracked notes" in arts[tracking.UNTRACKED]
+    # the readable summary beside the raw manifest, from the first run on
+    summary = arts["replab/environment.md"]
+    assert git(repo, "rev-parse", "HEAD")[:12] in summary
+    assert f"{sys.version_info[0]}.{sys.version_info[1]}" in summary
+    assert "<html" in arts["replab/environment.html"].lower()
 
 
 def test_metrics_are_batched_and_every_point_arrives(tracking_uri):

@@ -29,7 +29,7 @@ import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from . import datasets, termination
+from . import datasets, envsummary, termination
 from .errors import CloudError
 from .metricbuffer import FLUSH_INTERVAL, MetricBuffer
 
@@ -227,6 +227,8 @@ def record_manifest(run: Run, manifest: Mapping[str, Any], attachments_dir: str 
     steps = [
         ("tags", lambda: run.set_tags({k: v for k, v in tags.items() if v not in (None, "")})),
         ("manifest", lambda: run.log_text(manifest_json(manifest, indent=1), MANIFEST)),
+        ("environment summary", lambda: [run.log_text(text, path) for path, text
+                                         in envsummary.artifacts(manifest).items()]),
     ]
     if pkgs.get("lock"):
         steps.append(("lock", lambda: run.log_text(pkgs["lock"], LOCK)))
