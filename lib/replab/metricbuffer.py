@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,8 +25,9 @@ class MetricBuffer:
     """Points waiting to be sent through ``send(list_of_points)`` (which raises on failure).
 
     ``add`` sends a full batch in the caller's thread; a daemon thread, started with the first
-    point, sends the rest every ``interval`` seconds (``interval=0``: no thread). Batches go
-    out one at a time and in order.
+    point, sends the rest once the oldest waiting point is ``interval`` seconds old
+    (``interval=0``: no thread), so a busy loop still sends full batches. Batches go out one
+    at a time and in order.
     """
 
     def __init__(self, send: Callable[[list], Any], batch_size: int,
@@ -35,6 +37,7 @@ class MetricBuffer:
         self.interval = interval
         self._name = name
         self._points: list = []
+        self._since = 0.0  # monotonic time the oldest waiting point was queued
         self._lock = threading.Lock()  # guards _points
         # One batch on the wire at a time. Re-entrant: a signal handler may interrupt the
         # main thread in the middle of a send and flush from there.
@@ -50,6 +53,8 @@ class MetricBuffer:
     def add(self, points: Iterable) -> None:
         """Queue points; sends at once when a batch is full. Raises what ``send`` raises."""
         with self._lock:
+            if not self._points:
+                self._since = time.monotonic()
             self._points.extend(points)
             full = len(self._points) >= self.batch_size
         if self._thread is None and self.interval > 0 and not self._stop.is_set():
@@ -103,13 +108,26 @@ class MetricBuffer:
             self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
         self._thread.start()
 
+    def _due_in(self) -> float:
+        """Seconds until the oldest waiting point is ``interval`` old (``interval`` if none)."""
+        with self._lock:
+            if not self._points:
+                return self.interval
+            return self._since + self.interval - time.monotonic()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        delay = self.interval
+        while not self._stop.wait(max(delay, 0.005)):
+            delay = self._due_in()
+            if delay > 0:
+                continue
             try:
                 self.flush()
             except Exception as exc:  # kept queued; the next round or the run's end retries
                 if not self._warned:
                     log.warning("could not send metrics (will retry): %s", exc)
                     self._warned = True
+                delay = self.interval
             else:
                 self._warned = False
+                delay = self._due_in()
