@@ -333,6 +333,13 @@ def snapshot_take(d: Path, snap: Path, meta: dict) -> None:
     shutil.copytree(d / "var" / "glance" / "images", tmp / "var" / "glance" / "images")
     for host in conf.COMPUTE_HOSTS:
         shutil.copytree(d / "var" / "nova" / host, tmp / "var" / "nova" / host)
+    # nova-compute refuses to start on a host its database knows without the node's identity
+    # file (state_path/compute_id), which the fake driver never writes: write it from the DB
+    rows = subprocess.run(mariadb_client(d) + ["-N", "-e", "SELECT host, uuid FROM "
+                          "nova_cell1.compute_nodes WHERE deleted = 0"],
+                          capture_output=True, text=True, check=True).stdout.split("\n")
+    for host, uuid in (row.split("\t") for row in rows if row.strip()):
+        (tmp / "var" / "nova" / host / "compute_id").write_text(uuid + "\n")
     with open(tmp / "nova.sql", "wb") as out:
         subprocess.run(["mariadb-dump", "--no-defaults", "-S", str(d / "mysql" / "mysql.sock"),
                         "-uroot", "--single-transaction", "--databases", *NOVA_DBS],
@@ -380,6 +387,7 @@ def base_state(d: Path) -> dict:
 def start(d: Path, state: dict, snap: Path | None, meta: dict | None) -> dict[str, float]:
     """Start everything into state['processes']; seed (cold) or restore (meta given)."""
     processes, t0, timings = state["processes"], time.monotonic(), {}
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
 
     def mark(name: str) -> None:
         timings[name] = round(time.monotonic() - t0, 1)
@@ -420,7 +428,7 @@ def start(d: Path, state: dict, snap: Path | None, meta: dict | None) -> dict[st
         state["images"] = seed.glance(api)
         state["flavors"] = seed.nova(api)
         mark("networks, images, flavors")
-    seed.wait_hypervisors(api)
+    seed.wait_hypervisors(api, since)
     mark("hypervisors up")
     if meta is None:
         state["blazar_hosts"] = seed.blazar(api, state["networks"]["public"])

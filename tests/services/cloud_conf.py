@@ -122,7 +122,9 @@ connection = {sqlite_url(st / "placement" / "placement.db")}
 
     (dirs["nova"] / "nova.conf").write_text(
         f"""{common}transport_url = {mq}
-compute_driver = fake.FakeDriver
+# a stable node uuid (state_path/compute_id), so that a compute restarts on its database;
+# FakeDriver makes a new one in every process ("Duplicate compute node record")
+compute_driver = fake.FakeDriverWithoutFakeNodes
 my_ip = {HOST}
 state_path = {st / "nova" / "api"}
 vif_plugging_is_fatal = False

@@ -164,13 +164,22 @@ def hypervisors_up(api: Api) -> list[str]:
                   if h.get("state") == "up" and h.get("status") == "enabled")
 
 
-def wait_hypervisors(api: Api, timeout: float = 240) -> None:
+def computes_reporting(api: Api, since: str) -> list[str]:
+    """The nova-compute hosts whose last heartbeat is later than ``since`` (UTC, ISO): a
+    restored database says "up" for a minute after the snapshot whatever runs."""
+    c = conf.urls()["compute"]
+    body = api.call("GET", f"{c}/os-services?binary=nova-compute")
+    return sorted(s["host"] for s in body.get("services", [])
+                  if s.get("state") == "up" and (s.get("updated_at") or "") > since)
+
+
+def wait_hypervisors(api: Api, since: str, timeout: float = 240) -> None:
     want = sorted(conf.COMPUTE_HOSTS)
     deadline = time.monotonic() + timeout
     up: list[str] = []
     while time.monotonic() < deadline:
         up = hypervisors_up(api)
-        if up == want:
+        if up == want and computes_reporting(api, since) == want:
             return
         time.sleep(1)
     raise StackError(f"hypervisors up after {timeout:.0f}s: {up}, wanted {want}; see the "
