@@ -34,3 +34,10 @@ def basic(site: str = "CHI@UC", **extra) -> dict:
          "frameworks": ["pytorch"], "site": site}
     d.update(extra)
     return d
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The tests against the local OpenStack control plane run together, last: its session
+    fixture starts it at the first of them, and it idles through nothing else (it takes
+    memory and some CPU while up)."""
+    items.sort(key=lambda item: item.get_closest_marker("openstack") is not None)
