@@ -24,6 +24,7 @@ workdir: str = "work"  # experiment work directory
 delete_buckets: bool = False  # also delete the data, artifacts and backups buckets
 keep_credentials: bool = False  # keep the application and EC2 credentials
 cloud: str = ""  # clouds.yaml entry to authenticate with (default: JupyterHub, OS_CLOUD)
+clouds_file: str = ""  # a clouds.yaml file to read instead of the standard places
 dry_run: bool = False  # show what exists; delete nothing
 keep_lab: bool = False  # back the lab up but leave it running (make demo does)
 without_backup: bool = False  # tear down even when the last MLflow backup fails
@@ -40,7 +41,8 @@ display(Markdown(provisioning.inventory_markdown(cfg)))
 if not dry_run:
     result = provisioning.teardown(cfg, delete_buckets=delete_buckets,
                                    keep_credentials=keep_credentials,
-                                   cloud_name=cloud or None, keep_lab=keep_lab,
+                                   cloud_name=cloud or None,
+                                   clouds_file=clouds_file or None, keep_lab=keep_lab,
                                    without_backup=without_backup, progress=print)
     display(Markdown(result.markdown()))
     result.check()  # stops a headless run when something could not be given back

@@ -10,6 +10,11 @@ demo project), and stops the control plane at the end only if this session start
 REPLAB_CLOUD_KEEP=1 to keep it running for the next session). It installs nothing: without
 what tests/services/cloud-install.sh installs it fails, saying so, unless
 REPLAB_SKIP_SERVICES=1, when it skips.
+
+The session fixture ``fip_sshd`` is "the provisioned server" as SSH sees it: OpenSSH's sshd
+listening on port 22 of every reservable floating IP of the local cloud (127.10.0.10-.14;
+Linux routes all of 127/8 to lo, so no interface is configured), accepting one generated key
+for root. Whichever IP Blazar gives the lease, SSH to it reaches this machine.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,3 +172,84 @@ def local_cloud() -> Iterator[LocalCloud]:
             down = run_script("down", directory, timeout=180)
             if down.returncode != 0:
                 raise RuntimeError(f"cloud.py down failed:\n{down.stdout}{down.stderr}")
+
+
+@dataclass(frozen=True)
+class FipSshd:
+    """sshd on port 22 of the cloud's reservable floating IPs; log in as ``user`` with
+    ``key`` (``key`` + ".pub" is the public key). ``log`` is sshd's log file."""
+
+    addresses: tuple[str, ...]
+    user: str
+    key: str
+    log: Path
+
+    @property
+    def public_key(self) -> str:
+        return self.key + ".pub"
+
+    def connections(self) -> list[str]:
+        """The local addresses (floating IPs) clients connected to, in order, from sshd's
+        log ("Connection from 127.0.0.1 port N on 127.10.0.12 port 22")."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return [m.group(1) for m in re.finditer(r"Connection from \S+ port \d+ on (\S+) "
+                                                 r"port 22", text)]
+
+    def accepted(self) -> int:
+        """How many logins sshd accepted (with the key)."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return text.count("Accepted publickey for ")
+
+
+def _answers_ssh(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1) as s:
+            s.settimeout(2)
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def fip_sshd(local_cloud, tmp_path_factory) -> Iterator[FipSshd]:
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd):
+        pytest.fail("sshd is missing: run `bash tests/services/install.sh`", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.skip("sshd on port 22 of the floating IPs needs root")
+    addresses = tuple(local_cloud.state["reservable_floating_ips"])
+    taken = [a for a in addresses if _answers_ssh(a, 22)]
+    if taken:
+        pytest.fail(f"port 22 of {', '.join(taken)} is taken (another test's sshd?)",
+                    pytrace=False)
+    d = tmp_path_factory.mktemp("fip-sshd")
+    os.chmod(d, 0o755)
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"replab-{name}",
+                        "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    listen = "".join(f"ListenAddress {a}:22\n" for a in addresses)
+    (d / "sshd_config").write_text(
+        f"{listen}HostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+        f"Subsystem sftp internal-sftp\nPidFile {d}/sshd.pid\nAllowAgentForwarding yes\n"
+        "LogLevel VERBOSE\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    log_path = d / "sshd.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not all(_answers_ssh(a, 22) for a in addresses):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"sshd on the floating IPs did not answer: "
+                            f"{log_path.read_text()}", pytrace=False)
+            time.sleep(0.1)
+        yield FipSshd(addresses, "root", str(d / "client_key"), log_path)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        log.close()

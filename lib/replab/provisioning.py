@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,21 +151,51 @@ def _agent_forwarding(cfg, forward_agent: bool | None, setup: bool) -> bool:
     return True
 
 
+SETUP_OPTIONS = ("skip", "root", "home")
+
+
+def _setup_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``setup_options`` checked before anything is created: only :data:`SETUP_OPTIONS`,
+    ``skip`` naming host-setup steps (a list, or one comma-separated string)."""
+    from . import hostsetup
+
+    out = dict(options or {})
+    unknown = sorted(set(out) - set(SETUP_OPTIONS))
+    if unknown:
+        raise ConfigError([("setup_options", f"unknown option(s) {', '.join(unknown)}; "
+                                             f"known: {', '.join(SETUP_OPTIONS)}")])
+    skip = out.get("skip") or []
+    skip = [s.strip() for s in skip.split(",")] if isinstance(skip, str) else list(skip)
+    steps = hostsetup.STEP_NAMES
+    bad = [s for s in skip if s and s not in steps]
+    if bad:
+        raise ConfigError([("setup_options", f"skip: no host-setup step {', '.join(bad)}; "
+                                             f"the steps: {', '.join(steps)}")])
+    if skip:
+        out["skip"] = [s for s in skip if s]
+    return out
+
+
 def provision_all(cfg, *, public_key: str = "~/.ssh/id_rsa.pub", private_key: str | None = None,
                   cloud_name: str | None = None, clouds_file: str | None = None,
                   clients=None, setup: bool = True, forward_agent: bool | None = None,
+                  ssh_user: str | None = None, setup_options: Mapping[str, Any] | None = None,
                   progress: Say | None = None, **waits: Any) -> Provisioning:
     """Everything 2_provision does (see the module doc). ``clients``: a ``cloud.Clients``
     to use instead of authenticating (``cloud_name``/``clouds_file`` pick the clouds.yaml
     entry otherwise). ``forward_agent`` (default: when the repository URL is an ssh one)
-    forwards this machine's SSH agent to the server for the clone. ``waits`` go to
-    ``cloud.provision`` (``now``, ``clock``, ``sleep``, timeouts). Raises ConfigError for
-    bad input, CloudError (with the service's reason) and ResourceTimeout; state.json
-    keeps what exists.
+    forwards this machine's SSH agent to the server for the clone. ``ssh_user``: the
+    image's login user (default ``cc``, Chameleon's; ``ubuntu`` on a stock Ubuntu cloud
+    image), recorded in state.json for 3_launch_lab and 5_teardown. ``setup_options`` go
+    to ``hostsetup.setup_host``: ``skip`` (step names), ``root`` and ``home`` (see there).
+    ``waits`` go to ``cloud.provision`` (``now``, ``clock``, ``sleep``, timeouts). Raises
+    ConfigError for bad input, CloudError (with the service's reason) and ResourceTimeout;
+    state.json keeps what exists.
     """
     from . import cloud
 
     say = progress or (lambda _m: None)
+    options = _setup_options(setup_options)
     if cfg.is_local:
         checks = local_prerequisites(cfg)
         for c in checks:
@@ -184,24 +214,35 @@ def provision_all(cfg, *, public_key: str = "~/.ssh/id_rsa.pub", private_key: st
         say(f"the lease starts at {result.pending_until}: re-run 2_provision then")
         return Provisioning(pending_until=result.pending_until)
     out = Provisioning(address=result.address)
-    if private_key:
-        entry = state.get("server")
-        state.record("server", id=entry["id"], name=entry["name"], site=entry["site"],
-                     key_filename=os.path.expanduser(private_key))
+    login = _record_login(state, private_key, ssh_user)
     if setup and result.address:
         from . import credentials, hostsetup, remote
 
-        host = remote.Host(result.address, key_filename=os.path.expanduser(private_key)
-                           if private_key else None, forward_agent=forward)
+        host = remote.Host(result.address, forward_agent=forward, **login)
         remote.wait_for_ssh(host, progress=say)
         conn_ssh = remote.connect(host)
         try:
             out.steps = hostsetup.setup_host(conn_ssh, cfg,
                                              credentials.SecretsStore(cfg.workdir),
-                                             forward_agent=forward, progress=say)
+                                             forward_agent=forward, progress=say, **options)
         finally:
             conn_ssh.close()
     return out
+
+
+def _record_login(state, private_key: str | None, ssh_user: str | None) -> dict[str, Any]:
+    """How to log in to the server (``remote.Host`` keywords), recorded on state.json's
+    server entry (``key_filename``, ``user``), where ``lab.server_host`` reads it."""
+    login: dict[str, Any] = {}
+    if private_key:
+        login["key_filename"] = os.path.expanduser(private_key)
+    if ssh_user:
+        login["user"] = ssh_user
+    entry = state.get("server")
+    if login and entry:
+        kept = {k: v for k, v in entry.items() if k not in ("key_filename", "user")}
+        state.record("server", **kept, **login)
+    return login
 
 
 @dataclass

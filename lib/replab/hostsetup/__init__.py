@@ -86,6 +86,10 @@ from .workspace import (
     upload_lab,
 )
 
+#: every host-setup step, in the order :func:`setup_host` runs those that apply
+STEP_NAMES = (DOCKER, NVIDIA, ROCM, RCLONE, REPOSITORY, LAB_SOURCE, REPLAB_CLI, WORKDIR,
+              BACKUP_TIMER)
+
 
 def step_names(cfg) -> list[str]:
     """The steps :func:`setup_host` runs for ``cfg``, in order (the GPU runtime by
@@ -143,7 +147,8 @@ __all__ = [
     "APT", "APT_ENV", "BACKUP_TIMER", "CGROUP_DRIVER_OPT", "DAEMON_JSON", "DOCKER",
     "DOCKER_CONFLICTS", "DOCKER_KEYRING", "DOCKER_PACKAGES", "FUSE_CONF", "LAB_SOURCE", "NVIDIA",
     "NVIDIA_KEYRING", "NVIDIA_LIST", "NVIDIA_PACKAGES", "RCLONE", "REPLAB_CLI", "REPOSITORY",
-    "ROCM", "ROCM_GROUPS", "SERVER_PACKAGES", "SOURCE_EXCLUDE", "SOURCE_HASH_FILE", "SYSTEMD_DIR",
+    "ROCM", "ROCM_GROUPS", "SERVER_PACKAGES", "SOURCE_EXCLUDE", "SOURCE_HASH_FILE", "STEP_NAMES",
+    "SYSTEMD_DIR",
     "UDEV_RULE", "UDEV_RULE_TEXT", "WORKDIR", "backup_timer", "clone_repository", "daemon_json",
     "docker", "docker_script", "home_directory", "is_ssh_url", "lab_mlflow_version",
     "merge_daemon_json", "nvidia_toolkit", "nvidia_toolkit_script", "rclone_fuse", "replab_cli",
