@@ -77,3 +77,48 @@ def test_teardown_deletes_nothing_when_the_last_backup_fails(tmp_path):
     forced = provisioning.teardown(cfg, delete_buckets=True, without_backup=True)
     assert not forced.problems, forced.problems
     assert not (wd / "buckets" / "prov-data").exists()
+
+
+def test_the_cloud_parameter_names_the_clouds_yaml_entry(tmp_path, monkeypatch):
+    """2_provision's ``cloud`` reaches authentication (it was shadowed by the notebook's
+    ``from replab import cloud``, so the module itself was passed as the entry name)."""
+    for var in ("OS_CLOUD", "OS_ACCESS_TOKEN", "OS_APPLICATION_CREDENTIAL_ID"):
+        monkeypatch.delenv(var, raising=False)
+    wd = _configure(tmp_path, "CHI@UC")
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text("clouds:\n  mine:\n    auth:\n      auth_url: https://other.example/v3\n"
+                      "      username: u\n      password: p\n      project_name: x\n")
+    out = tmp_path / "2.ipynb"
+    execute("2_provision.ipynb", out, workdir=str(wd), dry_run=True, cloud="mine",
+            clouds_file=str(clouds))
+    shown = outputs_text(out)
+    assert "clouds.yaml entry 'mine' is for https://other.example/v3" in shown
+    assert "module" not in shown
+
+
+def test_setup_options_are_checked_before_anything_is_created():
+    from replab import provisioning
+    from replab.errors import ConfigError
+
+    assert provisioning._setup_options({"skip": "docker, rclone-fuse", "root": "/x"}) == {
+        "skip": ["docker", "rclone-fuse"], "root": "/x"}
+    assert provisioning._setup_options({"skip": ""}) == {"skip": ""}
+    with pytest.raises(ConfigError, match="no host-setup step dockr"):
+        provisioning._setup_options({"skip": ["dockr"]})
+    with pytest.raises(ConfigError, match="unknown option"):
+        provisioning._setup_options({"sudo": True})
+
+
+def test_recording_the_login_keeps_the_server_record(tmp_path):
+    """The login (key, user) is added to the server's record; the owner (user_id) that
+    5_teardown checks before deleting, and the reservation, are kept."""
+    from replab import cloud, provisioning
+
+    state = cloud.State(tmp_path / "state.json")
+    state.record("server", id="s1", name="e-server", site="CHI@UC", reservation_id="r1",
+                 user_id="u1")
+    login = provisioning._record_login(state, "~/k", "root")
+    entry = cloud.State.load(tmp_path).get("server")
+    assert login["user"] == "root" and login["key_filename"].endswith("/k")
+    assert entry["user_id"] == "u1" and entry["reservation_id"] == "r1"
+    assert entry["user"] == "root" and entry["key_filename"] == login["key_filename"]
