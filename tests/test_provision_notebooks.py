@@ -102,7 +102,7 @@ def test_setup_options_are_checked_before_anything_is_created():
 
     assert provisioning._setup_options({"skip": "docker, rclone-fuse", "root": "/x"}) == {
         "skip": ["docker", "rclone-fuse"], "root": "/x"}
-    assert provisioning._setup_options({"skip": ""}) == {"skip": ""}
+    assert provisioning._setup_options({"skip": ""}) == {"skip": []}
     with pytest.raises(ConfigError, match="no host-setup step dockr"):
         provisioning._setup_options({"skip": ["dockr"]})
     with pytest.raises(ConfigError, match="unknown option"):

@@ -171,7 +171,7 @@ def _setup_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     if bad:
         raise ConfigError([("setup_options", f"skip: no host-setup step {', '.join(bad)}; "
                                              f"the steps: {', '.join(steps)}")])
-    if skip:
+    if "skip" in out:
         out["skip"] = [s for s in skip if s]
     return out
 
