@@ -154,6 +154,21 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]],
     _server_options(r)
     r.add_argument("--no-autolog", action="store_true", help="do not switch on autologging")
     r.add_argument("--log-models", action="store_true", help="let autologging save models")
+    r.add_argument("--outputs", action="append", metavar="DIR", default=[],
+                   help="a directory (or file) of the program's outputs, relative to its "
+                        "working directory (repeatable): its files are hashed, kept and "
+                        "compared on replay (CSV/TSV/JSON/NPY/text by value). Default: the "
+                        "files the program creates or changes under its working directory")
+    r.add_argument("--no-output-evidence", action="store_true",
+                   help="do not record printed output and output files as evidence")
+    r.add_argument("--compare-stderr", action="store_true",
+                   help="compare stderr too, not only stdout")
+    r.add_argument("--mask", action="append", metavar="[NAME=]REGEX", default=[],
+                   help="also mask what this regular expression matches in printed output "
+                        "before comparing (repeatable; NAME: letters only)")
+    r.add_argument("--no-mask", action="append", metavar="NAME", default=[],
+                   help="drop a default mask (timestamp, date, clock, progress, duration, "
+                        "tmp-path, pid, hex-address, uuid, mlflow-link) or all (repeatable)")
     r.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
 
     rp = _command(sub, "replay", "re-execute a tracked run and judge it",

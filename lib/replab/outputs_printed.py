@@ -124,7 +124,7 @@ _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)
 def normalize(text: str) -> list[tuple[int, str]]:
     """The non-blank lines of ``text`` as a terminal shows them, with their 1-based numbers."""
     out = []
-    for n, raw in enumerate(text.splitlines(), 1):
+    for n, raw in enumerate(text.split("\n"), 1):  # not splitlines: it splits at \r
         line = _ANSI.sub("", raw)
         if "\r" in line:
             parts = [p for p in line.split("\r") if p.strip()]
@@ -209,6 +209,23 @@ def _substitute(text: str, paths: Mapping[str, str] | None) -> str:
     return text
 
 
+def _align(ma: list[str], mb: list[str], ka: list[str], kb: list[str]) -> list[tuple]:
+    """Opcodes pairing lines: on the masked lines (numbers included, so equal lines anchor),
+    then each unequal-length changed block again on its text without the numbers."""
+    out = []
+    for op in difflib.SequenceMatcher(None, ma, mb, autojunk=False).get_opcodes():
+        tag, i1, i2, j1, j2 = op
+        if tag == "equal":
+            out.append(op)
+        elif tag == "replace" and i2 - i1 != j2 - j1:
+            sub = difflib.SequenceMatcher(None, ka[i1:i2], kb[j1:j2], autojunk=False)
+            out += [(t, i1 + x1, i1 + x2, j1 + y1, j1 + y2)
+                    for t, x1, x2, y1, y2 in sub.get_opcodes()]
+        else:
+            out.append(op)
+    return out
+
+
 def compare_printed(original: str, replay: str, *, rel: float, abs_: float,
                     masks: Sequence[Mask] | None = None, stream: str = "stdout",
                     original_paths: Mapping[str, str] | None = None,
@@ -228,7 +245,7 @@ def compare_printed(original: str, replay: str, *, rel: float, abs_: float,
             for m in masks:
                 masked = m.apply(masked)
             skeleton, nums = _split(masked)
-            rows.append((n, line, skeleton, nums))
+            rows.append((n, line, skeleton, nums, masked))
         return rows
 
     a, b = prepare(original, original_paths), prepare(replay, replay_paths)
@@ -275,7 +292,7 @@ def compare_printed(original: str, replay: str, *, rel: float, abs_: float,
         opcodes = [("delete", len(b), len(a), len(b), len(b))] if len(a) > len(b) else \
                   [("insert", len(a), len(a), len(a), len(b))] if len(b) > len(a) else []
     else:
-        opcodes = difflib.SequenceMatcher(None, ka, kb, autojunk=False).get_opcodes()
+        opcodes = _align([r[4] for r in a], [r[4] for r in b], ka, kb)
     for tag, i1, i2, j1, j2 in opcodes:
         if tag == "equal":
             for ra, rb in zip(a[i1:i2], b[j1:j2], strict=True):

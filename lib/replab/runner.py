@@ -64,18 +64,34 @@ def run_command(
     log_models: bool = False,
     replay_of: str | None = None,
     echo: bool = True,
+    output_dirs: Sequence[str] = (),
+    output_evidence: bool = True,
+    compare_stderr: bool = False,
+    masks: Sequence[str] = (),
+    no_masks: Sequence[str] = (),
 ) -> CommandResult:
     """Run ``command`` as a tracked MLflow run; returns its run id and exit code.
 
+    Output evidence (unless ``output_evidence`` is False): the files under ``output_dirs``
+    (relative to ``cwd``), or without any the files the program created or changed under
+    ``cwd``, are hashed and kept (:mod:`replab.outputs_files`), and ``replab/outputs.json``
+    records them with the streams to compare (stdout; stderr too with ``compare_stderr``)
+    and the masks (``masks``: ``NAME=REGEX`` added, ``no_masks``: default names dropped).
+
     Raises ConfigError for an empty command or one that cannot start (the run is then
-    FAILED, with the reason); CloudError when the tracking server is unreachable.
+    FAILED, with the reason), or a bad mask; CloudError when the tracking server is
+    unreachable.
     """
     if not command:
         raise ConfigError([("command", "nothing to run: give it after '--', e.g. "
                                        "replab run -- python train.py")])
+    from . import outputs_files
+    from .outputs_printed import resolve_masks
     from .redact import scrub_text
 
+    resolve_masks(masks, no_masks)  # a bad mask stops here, before anything runs
     cwd = Path(cwd or os.getcwd()).resolve()
+    before = outputs_files.snapshot(cwd, output_dirs) if output_evidence else {}
     entry = {"command": list(command)}
     with tracking.start_run(experiment, params, seed=None, repo=cwd, entrypoint=entry,
                             replay_of=replay_of, tracking_uri=tracking_uri,
@@ -132,9 +148,48 @@ def run_command(
                     run.log_text(scrub_text(text), name)
                 except Exception as exc:
                     log.warning("could not keep %s: %s", name, exc)
+        if output_evidence:
+            _record_outputs(run, cwd, before, output_dirs, compare_stderr, masks, no_masks)
+        else:
+            _log_spec(run, {"version": 1, "evidence": False})
         run.log_metrics({"replab.exit_code": rc}, step=0)
         _record_exit(run, rc)
     return CommandResult(run.run_id, run.experiment_id, rc)
+
+
+def _log_spec(run: tracking.Run, spec: dict[str, Any]) -> None:
+    from .outputs_files import SPEC, spec_text
+
+    try:
+        run.log_text(spec_text(spec), SPEC)
+    except Exception as exc:
+        log.warning("could not record the output evidence (%s): %s", SPEC, exc)
+
+
+def _record_outputs(run: tracking.Run, cwd: Path, before, output_dirs: Sequence[str],
+                    compare_stderr: bool, masks: Sequence[str], no_masks: Sequence[str]
+                    ) -> None:
+    """Find, hash and keep the run's output files; log replab/outputs.json. Never raises."""
+    from . import outputs_files
+
+    def keep(path: Path, artifact_dir: str, text: str | None) -> None:
+        if text is None:
+            run.log_artifact(path, artifact_dir)
+        else:
+            run.log_text(text, f"{artifact_dir}/{path.name}")
+
+    spec: dict[str, Any] = {"version": 1, "evidence": True,
+                            "streams": ["stdout", "stderr"] if compare_stderr else ["stdout"],
+                            "masks": {"add": list(masks), "drop": list(no_masks)},
+                            "cwd": str(cwd), "home": str(Path.home()),
+                            "output_dirs": list(output_dirs), "files": [], "notes": []}
+    try:
+        files = outputs_files.written_files(cwd, before, output_dirs)
+        spec["files"], spec["notes"] = outputs_files.record_files(files, keep)
+    except Exception as exc:
+        log.warning("could not record the output files: %s", exc)
+        spec["notes"].append(f"output files not recorded: {exc}")
+    _log_spec(run, spec)
 
 
 def _record_exit(run: tracking.Run, rc: int) -> None:
@@ -163,3 +218,12 @@ def _record_exit(run: tracking.Run, rc: int) -> None:
     if rc < 0:
         log.warning("the program was killed by %s; run %s is %s", tags[tracking.TAG_SIGNAL],
                     run.run_id, run.end_status)
+
+
+def output_options(args) -> dict[str, Any]:
+    """``run_command``'s output-evidence keywords from ``replab run``'s parsed options."""
+    return {"output_dirs": list(getattr(args, "outputs", None) or ()),
+            "output_evidence": not getattr(args, "no_output_evidence", False),
+            "compare_stderr": bool(getattr(args, "compare_stderr", False)),
+            "masks": list(getattr(args, "mask", None) or ()),
+            "no_masks": list(getattr(args, "no_mask", None) or ())}
