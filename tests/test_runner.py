@@ -6,7 +6,7 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from replab import tracking
+from replab import runner, tracking
 from tests.gitrepo import make_repo
 from tests.test_tracking import _all_artifacts
 
@@ -81,3 +81,21 @@ def test_missing_command_and_unknown_program_are_clear_errors(tracking_uri, tmp_
     assert "nothing to run" in _replab("run", "--", cwd=tmp_path).stderr
     out = _replab("run", "--", "no-such-program-xyz", cwd=tmp_path)
     assert out.returncode == 2 and "no-such-program-xyz" in out.stderr
+
+
+def test_output_evidence_is_recorded_and_nothing_of_replab_counts_as_output(tracking_uri,
+                                                                           tmp_path):
+    from replab import outputs
+
+    repo = make_repo(tmp_path / "p", {"quiet.py": "print('result 0.5')\n"})
+    (repo / ".replab").mkdir()
+    (repo / ".replab" / "replay.log").write_text("written by a replay\n")
+    out = _replab("run", "-e", "t-run-outputs", "--no-autolog", "--",
+                  sys.executable, "quiet.py", cwd=repo)
+    assert out.returncode == 0, out.stderr
+    arts = _all_artifacts(MlflowClient(), _run_id(out.stderr))
+    spec = outputs.read_spec(arts[outputs.SPEC])
+    assert spec["evidence"] is True and spec["streams"] == ["stdout"]
+    assert spec["files"] == []  # the program wrote none; replab's own files are not outputs
+    assert spec["cwd"] == str(repo.resolve())
+    assert "result 0.5" in arts[runner.STDOUT]
