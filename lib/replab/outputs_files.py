@@ -135,10 +135,11 @@ def record_files(files: Mapping[str, Path], keep) -> tuple[list[dict[str, Any]],
                         text, entry["redacted"] = scrubbed, True
                 except (UnicodeDecodeError, OSError):
                     pass
-            parent = str(Path(ARTIFACT_DIR, rel).parent.as_posix())
+            inner = rel.lstrip("/")  # a declared file outside the working directory
+            parent = Path(ARTIFACT_DIR, inner).parent.as_posix()
             try:
                 keep(path, parent, text)
-                entry["artifact"] = f"{ARTIFACT_DIR}/{rel}"
+                entry["artifact"] = f"{ARTIFACT_DIR}/{inner}"
                 total += size
             except Exception as exc:
                 entry["note"] = f"not kept: {exc}"
@@ -373,7 +374,7 @@ def recorded_files(spec: Mapping[str, Any] | None, local_dir: Path | None = None
     for f in (spec or {}).get("files") or []:
         local = None
         if local_dir is not None and f.get("artifact"):
-            p = Path(local_dir, f["path"])
+            p = Path(local_dir, f["artifact"][len(ARTIFACT_DIR) + 1:])
             local = p if p.is_file() else None
         out[f["path"]] = RecordedFile(f["sha256"], int(f.get("size", 0)), local)
     return out
