@@ -40,35 +40,17 @@ from .replayview import (  # noqa: F401  (re-exported: the displays 4_replay cal
     record_markdown,
 )
 from .replayworkspace import rebuild_workspace  # noqa: F401  (re-exported)
+from .runrecord import (  # noqa: F401  (re-exported: replay.Source)
+    BUNDLE_VERSION,
+    READABLE_BUNDLE_VERSIONS,
+    Source,
+    metric_histories,
+    repeated_steps,
+)
 
 log = logging.getLogger(__name__)
 
-BUNDLE_VERSION = 1
 Say = Callable[[str], None]
-
-
-@dataclass
-class Source:
-    """Everything a replay needs about the original run."""
-
-    run_id: str
-    experiment: str | None
-    params: dict[str, str]
-    tags: dict[str, str]
-    metrics: dict[str, list[tuple[int, float]]]
-    manifest: dict[str, Any]
-    lock: str | None
-    origin: str  # "tracking server <uri>" or "bundle <path>"
-
-    @property
-    def captures(self) -> dict[str, Any]:
-        return self.manifest.get("captures") or {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"bundle_version": BUNDLE_VERSION, "run_id": self.run_id,
-                "experiment": self.experiment, "params": self.params, "tags": self.tags,
-                "metrics": {k: [list(p) for p in v] for k, v in self.metrics.items()},
-                "manifest": self.manifest, "lock": self.lock}
 
 
 # -- fetching the record ---------------------------------------------------------------------
@@ -111,8 +93,7 @@ def fetch(run_id: str, *, tracking_uri: str | None = None, client=None) -> Sourc
     except Exception as exc:
         raise ReplayError(f"cannot reach the tracking server {client.tracking_uri}: "
                           f"{exc}") from None
-    metrics = {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-               for key in run.data.metrics}
+    metrics = metric_histories(client, run_id, run.data.metrics)
     manifest_text = _artifact_text(client, run_id, tracking.MANIFEST)
     if manifest_text is None:
         raise ReplayError(f"run {run_id} has no {tracking.MANIFEST}: it was not tracked with "
@@ -175,17 +156,26 @@ def load_bundle(path: str | os.PathLike) -> Source:
             data = json.loads(member.read()) if member else None
     except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
         raise ReplayError(f"{p} is not a replab bundle: {exc}") from None
-    if not isinstance(data, dict) or data.get("bundle_version") != BUNDLE_VERSION:
-        raise ReplayError(f"{p} is not a replab bundle of version {BUNDLE_VERSION}")
+    if not isinstance(data, dict) or data.get("bundle_version") not in READABLE_BUNDLE_VERSIONS:
+        raise ReplayError(f"{p} is not a replab bundle of version "
+                          f"{' or '.join(map(str, READABLE_BUNDLE_VERSIONS))}")
     manifest = data.get("manifest")
     if not isinstance(manifest, dict):
         raise ReplayError(f"the bundle {p} holds no manifest")
     _parse_manifest(json.dumps(manifest), f"bundle {p}")
+    metrics = {k: [(int(x[0]), float(x[1])) for x in v]
+               for k, v in (data.get("metrics") or {}).items()}
+    repeated = repeated_steps(metrics)
+    if data["bundle_version"] == 1 and repeated:
+        raise ReplayError(
+            f"the bundle {p} was written by an older replab that sorted the values logged "
+            f"at one step by value, so the logged order of {', '.join(repeated[:5])} is "
+            "lost and its points would be paired wrongly; export it again from the "
+            "tracking server with this replab (`replab bundle export RUN -o FILE`)")
     return Source(run_id=data["run_id"], experiment=data.get("experiment"),
                   params=data.get("params") or {}, tags=data.get("tags") or {},
-                  metrics={k: [tuple(x) for x in v] for k, v in
-                           (data.get("metrics") or {}).items()},
-                  manifest=manifest, lock=data.get("lock"), origin=f"bundle {p}")
+                  metrics=metrics, manifest=manifest, lock=data.get("lock"),
+                  origin=f"bundle {p}")
 
 
 def load(run_or_bundle: str, *, experiment: str | None = None,

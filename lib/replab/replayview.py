@@ -7,12 +7,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import tracking
-
-if TYPE_CHECKING:
-    from .replay import Source
+from .runrecord import Source
 
 
 def record_markdown(source: Source) -> str:

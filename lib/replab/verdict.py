@@ -67,6 +67,7 @@ from .envdiff import (
     rank,
 )
 from .errors import CloudError, ConfigError, ReplayError
+from .runrecord import metric_histories
 from .tracking import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,9 @@ def _fetch_manifest(client: Any, run_id: str) -> tuple[dict[str, Any] | None, st
 
 def fetch_record(client: Any, run_id: str) -> RunRecord:
     """Read run ``run_id`` through an ``MlflowClient``: params, tags, every metric's full
-    history (sorted by step, then time) and ``replab/manifest.json``. A missing or corrupt
-    manifest gives ``manifest=None`` and a note. Raises ReplayError when the run does not
+    history in logged order (:func:`replab.runrecord.metric_history`) and
+    ``replab/manifest.json``. A missing or corrupt manifest gives ``manifest=None`` and a
+    note. Raises ReplayError when the run does not
     exist, CloudError when the tracking server fails."""
     try:
         run = client.get_run(run_id)
@@ -155,12 +157,8 @@ def fetch_record(client: Any, run_id: str) -> RunRecord:
         if "RESOURCE_DOES_NOT_EXIST" in f"{getattr(exc, 'error_code', '')} {exc}":
             raise ReplayError(f"no run {run_id} on the tracking server {_uri(client)}") from exc
         raise CloudError(f"cannot read run {run_id} from {_uri(client)}: {exc}") from exc
-    metrics: dict[str, Points] = {}
     try:
-        for key in sorted(run.data.metrics):
-            history = sorted(client.get_metric_history(run_id, key),
-                             key=lambda m: (m.step, m.timestamp))
-            metrics[key] = [(int(m.step), float(m.value)) for m in history]
+        metrics = metric_histories(client, run_id, run.data.metrics)
     except Exception as exc:
         raise CloudError(f"cannot read the metrics of run {run_id} from {_uri(client)}: "
                          f"{exc}") from exc
