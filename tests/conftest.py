@@ -36,6 +36,15 @@ def basic(site: str = "CHI@UC", **extra) -> dict:
     return d
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _forget_tracking_uri():
+    """replab.tracking sets mlflow's process-wide tracking URI; a module's server is stopped
+    at its end, so the next module starts without one (it names its own server)."""
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """The tests against the local OpenStack control plane run together, last: its session
     fixture starts it at the first of them, and it idles through nothing else (it takes

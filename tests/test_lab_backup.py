@@ -34,14 +34,6 @@ from tests.lab_support import (
 golden = checker("lab-backup")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _reset_tracking_uri():
-    yield
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
-
-
 # -- pure parts --------------------------------------------------------------------------------
 def test_systemd_units_golden():
     units = schedule.systemd_units("/home/cc/work")

@@ -47,14 +47,6 @@ def get(url: str, headers: dict | None = None):
                         proxies={"http": "", "https": ""})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _reset_tracking_uri():
-    yield
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
-
-
 LAUNCH = """
 import json, sys
 from replab import config

@@ -93,8 +93,14 @@ def printed_runs(mlflow_server, tmp_path_factory):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-def test_a_script_that_only_prints_is_the_same_when_replayed(printed_runs):
-    client = MlflowClient()
+@pytest.fixture
+def client(mlflow_server):
+    """A client of the session's server named explicitly: mlflow's process-wide tracking URI
+    may still name a server an earlier module stopped."""
+    return MlflowClient(tracking_uri=mlflow_server.url)
+
+
+def test_a_script_that_only_prints_is_the_same_when_replayed(printed_runs, client):
     (a, spec_a), (b, spec_b) = (_printed(client, r) for r in printed_runs[:2])
     assert a != b  # timestamps, pids, temp paths and durations really differ
     assert outputs.streams_for(spec_a) == ["stdout"]
@@ -105,8 +111,7 @@ def test_a_script_that_only_prints_is_the_same_when_replayed(printed_runs):
     assert res.lines_compared >= 6 and res.numbers_compared >= 2
 
 
-def test_a_printed_number_moved_beyond_tolerance_differs_naming_the_line(printed_runs):
-    client = MlflowClient()
+def test_a_printed_number_moved_beyond_tolerance_differs_naming_the_line(printed_runs, client):
     a, _ = _printed(client, printed_runs[0])
     c, _ = _printed(client, printed_runs[2])
     res = outputs.compare_printed(a, c, rel=5e-2, abs_=1e-2)
@@ -178,8 +183,7 @@ def file_runs(mlflow_server, tmp_path_factory):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-def test_output_files_are_recorded_with_hashes(file_runs, tmp_path):
-    client = MlflowClient()
+def test_output_files_are_recorded_with_hashes(file_runs, client):
     spec = outputs.read_spec(_text(client, file_runs[0], outputs.SPEC))
     assert spec["output_dirs"] == ["results"]
     names = {f["path"]: f for f in spec["files"]}
@@ -191,8 +195,7 @@ def test_output_files_are_recorded_with_hashes(file_runs, tmp_path):
     assert outputs.run_options(spec) == ["--outputs", "results"]
 
 
-def test_output_files_identical_within_and_beyond_tolerance(file_runs, tmp_path):
-    client = MlflowClient()
+def test_output_files_identical_within_and_beyond_tolerance(file_runs, client, tmp_path):
     base, same, close, far, _ = (_files(client, r, tmp_path) for r in file_runs)
     rows = outputs.compare_files(base, same, **STD)
     assert {c.status for c in rows} == {outputs.SAME} and len(rows) == 3
@@ -227,12 +230,12 @@ def test_missing_files_and_unknown_formats(tmp_path):
     assert row.status == outputs.DIFFERS and "not kept" in row.detail
 
 
-def test_no_output_evidence_is_recorded(mlflow_server, tmp_path, monkeypatch):
+def test_no_output_evidence_is_recorded(mlflow_server, client, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     repo = make_repo(tmp_path / "p", {"w.py": "open('out.txt', 'w').write('1')\nprint(1)\n"})
     r = runner.run_command([sys.executable, "w.py"], cwd=repo, experiment="t-outputs-off",
                            autolog=False, echo=False, output_evidence=False)
     assert r.returncode == 0
-    spec = outputs.read_spec(_text(MlflowClient(), r.run_id, outputs.SPEC))
+    spec = outputs.read_spec(_text(client, r.run_id, outputs.SPEC))
     assert spec == {"version": 1, "evidence": False}
     assert outputs.streams_for(spec) == []
