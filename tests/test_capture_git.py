@@ -197,16 +197,28 @@ def test_non_utf8_diff_is_kept_exactly(tmp_path):
     assert b"caf\xe9" in base64.b64decode(info["diff_base64"])
 
 
-def test_big_diff_goes_to_an_attachment(tmp_path):
+def test_with_an_artifacts_dir_the_diff_is_an_attachment_not_manifest_text(tmp_path):
     repo = make_repo(tmp_path / "r")
     (repo / "train.py").write_text("x = 1\n" * 1000)
     artifacts = tmp_path / "artifacts"
-    manifest = collect(["git"], repo=str(repo), diff_max_bytes=100, artifacts_dir=str(artifacts))
+    manifest = collect(["git"], repo=str(repo), artifacts_dir=str(artifacts))
     info = manifest["captures"]["git"]
-    assert info["diff"] is None and info["diff_attachment"] == "git-diff.patch"
-    saved = (artifacts / "git-diff.patch").read_bytes()
+    assert info["diff"] is None and info["diff_attachment"] == "diff.patch"
+    saved = (artifacts / "diff.patch").read_bytes()
+    assert b"+x = 1\n" in saved and "x = 1" not in manifest_json(manifest)  # stored once
     assert hashlib.sha256(saved).hexdigest() == info["diff_sha256"]
-    assert manifest["attachments"]["git-diff.patch"]["capture"] == "git"
+    assert info["diff_bytes"] == len(saved)
+    assert manifest["attachments"]["diff.patch"]["capture"] == "git"
+
+
+def test_without_an_artifacts_dir_a_diff_too_big_to_inline_is_left_out_with_the_reason(
+        tmp_path, caplog):
+    repo = make_repo(tmp_path / "r")
+    (repo / "train.py").write_text("x = 1\n" * 1000)
+    info = capture_git(repo, diff_max_bytes=100)
+    assert info["diff"] is None and "diff_attachment" not in info
+    assert "larger than 100 bytes" in info["diff_omitted"] and info["diff_bytes"] > 100
+    assert "--artifacts-dir" in caplog.text
 
 
 def test_manifest_rebuilds_the_working_tree(tmp_path):
@@ -408,7 +420,8 @@ def test_masked_big_and_non_utf8_diffs_keep_no_planted_value(tmp_path):
     assert hashlib.sha256(raw).hexdigest() == info["diff_sha256"]
     (repo / "big.cfg").write_text("x = 1\n" * 100 + f"token: {PW_TRACKED}\n")
     artifacts = tmp_path / "artifacts"
-    manifest = collect(["git"], repo=str(repo), diff_max_bytes=100, artifacts_dir=str(artifacts))
-    saved = (artifacts / "git-diff.patch").read_bytes()
+    manifest = collect(["git"], repo=str(repo), artifacts_dir=str(artifacts))
+    saved = (artifacts / "diff.patch").read_bytes()
+    assert b"caf\xe9" in saved  # exact bytes, not base64, in the attachment
     assert PW_TRACKED.encode() not in saved and PW_DIFF.encode() not in saved
     assert hashlib.sha256(saved).hexdigest() == manifest["captures"]["git"]["diff_sha256"]

@@ -58,7 +58,7 @@ ENV_PARENT_RUN = "REPLAB_PARENT_RUN_ID"  # set by `replab run`: the run it creat
 ARTIFACT_DIR = "replab"
 MANIFEST = "replab/manifest.json"
 LOCK = "replab/requirements.lock"
-DIFF = "replab/diff.patch"
+DIFF = "replab/diff.patch"  # the uncommitted diff, any size, stored once (not in the manifest)
 UNTRACKED = "replab/untracked.json"
 TRACEBACK = "replab/traceback.txt"
 
@@ -187,12 +187,17 @@ def seed_everything(seed: int) -> dict[str, bool]:
 # -- the manifest into the run ---------------------------------------------------------------
 def record_manifest(run: Run, manifest: Mapping[str, Any], attachments_dir: str | None = None
                     ) -> None:
-    """Log ``manifest`` and its parts (lock, diff, untracked bundle) and the searchable tags.
+    """Log ``manifest`` and its parts (lock, diff, untracked bundle, the files in
+    ``attachments_dir``) and the searchable tags.
 
-    Logging problems are logged, never raised (the manifest is evidence, not the run).
+    The uncommitted diff is stored once, as :data:`DIFF`: the capture puts it in
+    ``attachments_dir``; a manifest that holds it inline (collected without one) is logged
+    with the diff moved out to :data:`DIFF`. Logging problems are logged, never raised (the
+    manifest is evidence, not the run).
     """
     from .capture import manifest_json
 
+    manifest, diff = _diff_out_of_manifest(manifest)
     caps = manifest.get("captures", {})
     git = caps.get("git") or {}
     pkgs = caps.get("packages") or {}
@@ -232,8 +237,8 @@ def record_manifest(run: Run, manifest: Mapping[str, Any], attachments_dir: str 
     ]
     if pkgs.get("lock"):
         steps.append(("lock", lambda: run.log_text(pkgs["lock"], LOCK)))
-    if git.get("diff"):
-        steps.append(("diff", lambda: run.log_text(git["diff"], DIFF)))
+    if diff is not None:
+        steps.append(("diff", lambda: _log_bytes(run, diff, DIFF)))
     if git.get("untracked"):
         steps.append(("untracked", lambda: run.log_dict(
             {"files": git.get("untracked"), "repo_root": git.get("root")}, UNTRACKED)))
@@ -245,6 +250,31 @@ def record_manifest(run: Run, manifest: Mapping[str, Any], attachments_dir: str 
             step()
         except Exception as exc:  # evidence must not kill the run
             log.warning("could not log the %s of run %s: %s", what, run.run_id, exc)
+
+
+def _diff_out_of_manifest(manifest: Mapping[str, Any]
+                          ) -> tuple[Mapping[str, Any], bytes | None]:
+    """``manifest`` as it is logged, and the diff to log beside it as :data:`DIFF` (None:
+    none, or already an attachment): an inline diff leaves the manifest for the artifact."""
+    from .capture.git import detach_diff
+
+    caps = manifest.get("captures") or {}
+    detached = detach_diff(caps.get("git") or {})
+    if detached is None:
+        return manifest, None
+    git, raw = detached
+    attachments = {**(manifest.get("attachments") or {}), git["diff_attachment"]: {
+        "capture": "git", "bytes": len(raw), "sha256": git["diff_sha256"]}}
+    return {**manifest, "captures": {**caps, "git": git}, "attachments": attachments}, raw
+
+
+def _log_bytes(run: Run, data: bytes, artifact_file: str) -> None:
+    folder, _, name = artifact_file.rpartition("/")
+    with tempfile.TemporaryDirectory(prefix="replab-artifact-") as tmp:
+        path = os.path.join(tmp, name)
+        with open(path, "wb") as fh:
+            fh.write(data)
+        run.log_artifact(path, folder or None)
 
 
 def _gpu_name(gpu: Mapping[str, Any]) -> str:

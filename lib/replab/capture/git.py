@@ -2,8 +2,12 @@
 working tree (the diff against HEAD and the untracked files).
 
 Three git calls on a clean tree (rev-parse, status, config) and a fourth (diff) when tracked
-files changed. ``GIT_OPTIONAL_LOCKS=0`` keeps ``git status`` from taking the index lock, so a
-capture never races the user's own git commands.
+files changed. The diff, of any size, is kept once: as the attachment ``diff.patch`` when the
+capture has an ``artifacts_dir`` (a tracked run logs it as ``replab/diff.patch``; the manifest
+holds its ``diff_sha256``, ``diff_bytes`` and ``diff_attachment``, not its text), inline in the
+manifest otherwise (``replab capture`` without ``--artifacts-dir``: there is nowhere else).
+``GIT_OPTIONAL_LOCKS=0`` keeps ``git status`` from taking the index lock, so a capture never
+races the user's own git commands.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import logging
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +32,8 @@ UNTRACKED_MAX_BYTES = 64 * 1024  # inline an untracked text file up to this size
 UNTRACKED_TOTAL_BYTES = 1024 * 1024  # ...while the inlined total stays under this
 UNTRACKED_MAX_FILES = 1000  # list at most this many untracked files
 UNTRACKED_HASH_MAX_BYTES = 256 * 1024 * 1024  # hash untracked files up to this size
-DIFF_MAX_BYTES = 32 * 1024 * 1024  # a bigger diff goes to an attachment, not the manifest
+DIFF_ATTACHMENT = "diff.patch"  # the diff, whatever its size, when there is an artifacts_dir
+DIFF_MAX_BYTES = 32 * 1024 * 1024  # without one, the most a manifest holds inline
 
 # --full-index: whole blob ids, so that a masked file's id can be recomputed (secretmask.reindex)
 _DIFF_ARGS = ["diff", "--binary", "--full-index", "--no-color", "--no-ext-diff",
@@ -175,8 +181,8 @@ def _diff(ctx: Context, root: str, commit: str | None) -> dict[str, Any]:
     else:
         base = "HEAD"
     raw = git([*_DIFF_ARGS, base], cwd=root)
-    # Mask what the added lines hold before anything keeps the diff: the manifest, the
-    # attachment of a big diff, the base64 of a non-UTF-8 one. surrogateescape carries bytes
+    # Mask what the added lines hold before anything keeps the diff: the attachment, the
+    # manifest, the base64 of a non-UTF-8 one. surrogateescape carries bytes
     # that are not UTF-8 through unchanged.
     text = raw.decode("utf-8", "surrogateescape")
     masked = mask_added_lines(text)
@@ -195,17 +201,49 @@ def _diff(ctx: Context, root: str, commit: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"diff_sha256": hashlib.sha256(raw).hexdigest(), "diff_bytes": len(raw)}
     if masked.lines:
         out["diff_secrets_masked"] = masked.lines
-    if len(raw) > int(ctx.option("diff_max_bytes", DIFF_MAX_BYTES)):
-        out["diff"] = None
-        out["diff_attachment"] = ctx.attach("git-diff.patch", raw)
-        log.info("git diff is %d bytes: kept out of the manifest", len(raw))
-        return out
-    try:
-        out["diff"] = raw.decode("utf-8")
-    except UnicodeDecodeError:  # a text file in another encoding: keep the exact bytes
-        out["diff"] = None
-        out["diff_base64"] = base64.b64encode(raw).decode("ascii")
+    out.update(_keep_diff(ctx, raw))
     return out
+
+
+def _keep_diff(ctx: Context, raw: bytes) -> dict[str, Any]:
+    """Where the (masked) diff ``raw`` is kept: the attachment :data:`DIFF_ATTACHMENT`, any
+    size, exact bytes, when the capture has an ``artifacts_dir``; else inline (UTF-8 text, or
+    base64 for a file in another encoding) up to ``diff_max_bytes``, beyond which it is left
+    out with the reason (``diff_omitted``). Raises OSError when the attachment cannot be
+    written (the capture records it)."""
+    name = ctx.attach(DIFF_ATTACHMENT, raw)
+    if name is not None:
+        return {"diff": None, "diff_attachment": name}
+    cap = int(ctx.option("diff_max_bytes", DIFF_MAX_BYTES))
+    if len(raw) > cap:
+        log.warning("the uncommitted diff is %d bytes, more than a manifest holds inline (%d): "
+                    "left out; give the capture an artifacts directory (--artifacts-dir, as "
+                    "replab.tracking does) to keep it", len(raw), cap)
+        return {"diff": None, "diff_omitted": f"larger than {cap} bytes and no artifacts "
+                                              "directory to keep it in"}
+    try:
+        return {"diff": raw.decode("utf-8")}
+    except UnicodeDecodeError:  # a text file in another encoding: keep the exact bytes
+        return {"diff": None, "diff_base64": base64.b64encode(raw).decode("ascii")}
+
+
+def detach_diff(info: Mapping[str, Any]) -> tuple[dict[str, Any], bytes] | None:
+    """A git capture holding its diff inline (collected without an artifacts directory) ->
+    the capture naming the attachment :data:`DIFF_ATTACHMENT` instead, and the diff's exact
+    bytes to store there; None when it holds no inline diff. Pure; for
+    :func:`replab.tracking.record_manifest`, so a run stores the diff once."""
+    if info.get("diff_attachment"):
+        return None
+    if info.get("diff"):
+        raw = info["diff"].encode("utf-8", "surrogateescape")
+    elif info.get("diff_base64"):
+        raw = base64.b64decode(info["diff_base64"])
+    else:
+        return None
+    out = {k: v for k, v in info.items() if k != "diff_base64"}
+    out.update(diff=None, diff_attachment=DIFF_ATTACHMENT, diff_bytes=len(raw))
+    out.setdefault("diff_sha256", hashlib.sha256(raw).hexdigest())
+    return out, raw
 
 
 def _is_text(data: bytes) -> str | None:
