@@ -53,7 +53,7 @@ def test_lock_matches_pip_freeze(packages):
 
 def test_editable_install_records_its_source(packages):
     url = ROOT.as_uri()
-    assert f"-e replab @ {url}  # replab==0.1.0" in packages["lock"].splitlines()
+    assert f"-e {url}  # replab==0.1.0" in packages["lock"].splitlines()
     assert packages["editable"] == ["replab"] or "replab" in packages["editable"]
     assert packages["sources"]["replab"] == {"dir_info": {"editable": True}, "url": url}
 
@@ -61,7 +61,8 @@ def test_editable_install_records_its_source(packages):
 def test_lock_is_sorted_and_deterministic(packages):
     again = collect(["packages"])["captures"]["packages"]
     assert again["lock"] == packages["lock"] and again["lock_hash"] == packages["lock_hash"]
-    keys = [normalize(line.removeprefix("-e ").split("==")[0].split(" @ ")[0])
+    keys = [normalize(line.split("  # ")[-1].split("==")[0] if line.startswith("-e ")
+                      else line.split("==")[0].split(" @ ")[0])  # -e url  # name==version
             for line in packages["lock"].splitlines()]
     assert keys == sorted(keys) and len(keys) == packages["count"] == len(set(keys))
 
@@ -71,9 +72,17 @@ def test_lock_hash_ignores_order_comments_and_blank_lines():
     assert lock_hash("a==1\n") != lock_hash("a==2\n")
 
 
+def test_lock_hash_is_the_same_for_the_old_and_new_editable_line():
+    """Runs recorded with ``-e name @ url`` keep their hash now that the lock says ``-e url``."""
+    old = "a==1\n-e pkg @ file:///src/pkg  # pkg==0.2\n"
+    new = "a==1\n-e file:///src/pkg  # pkg==0.2\n"
+    assert lock_hash(old) == lock_hash(new)
+    assert lock_hash(new) != lock_hash("a==1\n-e file:///src/other  # pkg==0.2\n")
+
+
 @pytest.mark.parametrize("direct_url, line", [
     (None, "torch==2.4.0"),
-    ({"url": "file:///src/torch", "dir_info": {"editable": True}}, "-e torch @ file:///src/torch"),
+    ({"url": "file:///src/torch", "dir_info": {"editable": True}}, "-e file:///src/torch"),
     ({"url": "file:///src/torch", "dir_info": {}}, "torch @ file:///src/torch"),
     ({"url": "https://github.com/pytorch/pytorch.git",
       "vcs_info": {"vcs": "git", "commit_id": "abc123", "requested_revision": "main"}},
@@ -119,7 +128,7 @@ def test_installed_from_fabricated_site_dirs(tmp_path):
     lock = lock_text(dists)
     assert lock.splitlines() == [
         "Foo_Bar==1.0",
-        "-e mypkg @ file:///src/mypkg  # mypkg==0.3",
+        "-e file:///src/mypkg  # mypkg==0.3",
         "vcspkg @ git+https://github.com/x/v.git@deadbeef  # vcspkg==2.0",
     ]
     assert "TOKEN" not in lock

@@ -1,9 +1,10 @@
 """The ``packages`` capture: every installed distribution, and a pip-installable lock.
 
-Read through ``importlib.metadata`` (no ``pip freeze`` subprocess). Only the header of each
-``METADATA`` file is parsed, which is several times faster than the email parser behind
-``Distribution.metadata``. Installs from a directory, an archive or a VCS are recorded with
-their source from ``direct_url.json`` (PEP 610), so the lock reinstalls them as they were.
+Found through ``importlib.metadata`` (no ``pip freeze`` subprocess). Only the lines of each
+``METADATA`` header up to Name and Version are read, which is several times faster than the
+email parser behind ``Distribution.metadata`` (and than reading whole files). Installs from a
+directory, an archive or a VCS are recorded with their source from ``direct_url.json``
+(PEP 610), so the lock reinstalls them as they were.
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ def normalize(name: str) -> str:
     return _NORMALIZE.sub("-", name).lower()
 
 
-def _header(dist: md.Distribution) -> tuple[str | None, str | None]:
-    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+_MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)  # read_text's None
+
+
+def _name_version(lines: Iterable[str]) -> tuple[str | None, str | None]:
+    """The first Name and Version of a metadata header's lines; stops reading once both
+    are found."""
     name = version = None
-    for line in text.split("\n\n", 1)[0].splitlines():
+    for line in lines:
         key, sep, value = line.partition(":")
         if not sep:
             continue
@@ -50,8 +55,59 @@ def _header(dist: md.Distribution) -> tuple[str | None, str | None]:
     return name, version
 
 
+def _file_header(path: str) -> tuple[str | None, str | None] | None:
+    """Name and Version from the metadata file at ``path``, reading (unbuffered, in 4 KiB
+    blocks) only up to them: METADATA carries the whole README after its header. None when
+    the file is absent or empty, where ``Distribution.read_text`` gives None or ""."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except _MISSING:
+        return None
+    try:
+        raw = b""
+        while True:
+            block = os.read(fd, 4096)
+            if not block and not raw:
+                return None
+            raw += block
+            text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # as text mode reads
+            end = text.find(b"\n\n")
+            if end >= 0 or not block:
+                head = text[:end] if end >= 0 else text
+                return _name_version(head.decode("utf-8").splitlines())
+            # the complete lines so far (a line break never splits a UTF-8 character)
+            found = _name_version(text[:text.rfind(b"\n") + 1].decode("utf-8").splitlines())
+            if found[0] and found[1]:
+                return found
+    finally:
+        os.close(fd)
+
+
+def _header(dist: md.Distribution) -> tuple[str | None, str | None]:
+    base = getattr(dist, "_path", None)
+    if isinstance(base, os.PathLike):  # a PathDistribution: no pathlib, no whole-file read
+        for meta in ("METADATA", "PKG-INFO"):
+            found = _file_header(os.path.join(os.fspath(base), meta))
+            if found is not None:
+                return found
+        return None, None
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    return _name_version(text.split("\n\n", 1)[0].splitlines())
+
+
 def _direct_url(dist: md.Distribution) -> dict[str, Any] | None:
-    text = dist.read_text("direct_url.json")
+    base = getattr(dist, "_path", None)
+    if isinstance(base, os.PathLike):
+        path = os.path.join(os.fspath(base), "direct_url.json")
+        if not os.path.exists(path):  # a stat: most installs have none
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except _MISSING:
+            return None
+    else:
+        text = dist.read_text("direct_url.json")
     if not text:
         return None
     try:
@@ -66,9 +122,15 @@ def _direct_url(dist: md.Distribution) -> dict[str, Any] | None:
 
 
 def requirement(name: str, version: str, direct_url: Mapping[str, Any] | None) -> str:
-    """The lock line for one distribution: ``name==version``, ``name @ url`` for a local or
-    archive install, ``name @ git+url@commit`` for a VCS install, ``-e name @ url`` for an
-    editable one. Pure."""
+    """The lock line for one distribution, in a form ``pip install -r`` accepts:
+    ``name==version``, ``name @ url`` for a local or archive install, ``name @ git+url@commit``
+    for a VCS install, ``-e url`` for an editable one (:func:`lock_text` adds
+    ``  # name==version`` after every line but a pin). Pure.
+
+    Locks from earlier replab versions have ``-e name @ url`` for an editable install, which pip
+    refuses when the path is missing ("not a valid editable requirement");
+    ``replab.replayenv.parse_lock`` reads both, and :func:`lock_hash` gives both the same hash.
+    """
     if not direct_url:
         return f"{name}=={version}"
     url = direct_url.get("url", "")
@@ -82,9 +144,8 @@ def requirement(name: str, version: str, direct_url: Mapping[str, Any] | None) -
         ref = vcs.get("commit_id") or vcs.get("requested_revision")
         line = f"{name} @ {prefix}{url}{'@' + ref if ref else ''}{fragment}"
     elif isinstance(direct_url.get("dir_info"), Mapping):
-        line = f"{name} @ {url}{fragment}"
-        if direct_url["dir_info"].get("editable"):
-            line = f"-e {line}"
+        editable = direct_url["dir_info"].get("editable")
+        line = f"-e {url}{fragment}" if editable else f"{name} @ {url}{fragment}"
     else:
         archive = direct_url.get("archive_info")
         digest = ""
@@ -111,7 +172,7 @@ def installed(paths: Iterable[str] | None = None) -> list[dict[str, Any]]:
     for dist in finder:
         try:
             name, version = _header(dist)
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             log.debug("cannot read metadata of %s: %s", dist, exc)
             continue
         if not name or not version:
@@ -150,12 +211,26 @@ def lock_hash(lock: str | Mapping[str, Any]) -> str:
         if not isinstance(data, Mapping) or not isinstance(data.get("lock"), str):
             raise ValueError("no package lock in this manifest (was 'packages' captured?)")
         lock = data["lock"]
-    lines = []
-    for line in lock.splitlines():
-        line = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()
-        if line:
-            lines.append(line)
+    lines = [line for line in map(_hashed_line, lock.splitlines()) if line]
     return hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
+
+
+_COMMENT = re.compile(r"(?:^|\s)#")
+_COMMENT_PIN = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)==")
+
+
+def _hashed_line(line: str) -> str:
+    """A lock line as :func:`lock_hash` hashes it: without its comment, and an editable
+    ``-e url  # name==v`` as ``-e name @ url``, the form of older locks, so an environment
+    keeps its hash across the change of line form."""
+    parts = _COMMENT.split(line, maxsplit=1)
+    body = parts[0].strip()
+    if body.startswith("-e") and " @ " not in body and len(parts) > 1:
+        pin = _COMMENT_PIN.match(parts[1])
+        target = body[2:].strip()
+        if pin and target:
+            body = f"-e {pin.group(1)} @ {target}"
+    return body
 
 
 def conda_packages(prefix: str) -> list[str]:
