@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,26 @@ def test_a_run_recorded_with_another_python_replays_with_it(tmp_path, monkeypatc
     assert _run(python, "import sys, six; print('%d.%d' % sys.version_info[:2], "
                 "six.__version__)") == f"{version} 1.16.0"
     assert not [m for m in mismatches if m.startswith("python:")]
+
+
+def test_two_replays_of_one_lock_at_once_build_it_once(tmp_path):
+    lock = "six==1.16.0\n"
+    progress: list[list[str]] = [[], []]
+    results: list[str | BaseException] = [None, None]
+
+    def replay(i: int) -> None:
+        try:
+            results[i] = ensure_environment(lock, rebuild=True, cache=tmp_path / "cache",
+                                            progress=progress[i].append)[0]
+        except BaseException as exc:  # shown by the assertion below
+            results[i] = exc
+
+    threads = [threading.Thread(target=replay, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0] == results[1] and isinstance(results[0], str), results
+    built = [any("building an environment" in ln for ln in p) for p in progress]
+    reused = [any("reused" in ln for ln in p) for p in progress]
+    assert sorted(built) == [False, True] and sorted(reused) == [False, True]

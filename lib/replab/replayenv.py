@@ -14,6 +14,7 @@ find-links, certificates) applies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -264,27 +265,63 @@ def ensure_environment(lock: str | None, *, rebuild: bool | None = None,
     version = recorded if other_python and not py_note else _here()
     todo = plan(lock, replab_source=running_replab_source())
     root = Path(cache) if cache else cache_root()
-    venv = root / "envs" / f"{lock_hash(lock)[:16]}-py{version}"
-    python = venv / "bin" / "python"
+    digest = lock_hash(lock)
+    venv = root / "envs" / f"{digest[:16]}-py{version}"
     extra = _skip_lines(todo) + ([py_note] if py_note else [])
-    marker = venv / ".complete"
-    if marker.exists():
-        try:
-            built = json.loads(marker.read_text())
-        except ValueError:
-            built = {}
-        if built.get("requirements") == todo.text:
+    with _one_builder(root / "locks" / f"{venv.name}.lock", say):
+        if _cached(venv, todo):
             say(f"environment from the lock reused (cached in {venv})")
             for line in extra + todo.notes:
                 say(line)
-            return str(python), mismatches + extra
-        say(f"the cached environment {venv} was built from other requirement lines "
-            "(a recorded path appeared or vanished, or replab moved): rebuilding it")
-    say(f"building an environment from the lock ({len(todo.lines)} lines to install, "
-        f"{len(todo.skipped)} skipped; {len(mismatches)} differ here) with Python {version} "
-        f"({exe}) in {venv}; this can take minutes")
-    for line in extra + todo.notes:
-        say(line)
+        else:
+            say(f"building an environment from the lock ({len(todo.lines)} lines to install, "
+                f"{len(todo.skipped)} skipped; {len(mismatches)} differ here) with Python "
+                f"{version} ({exe}) in {venv}; this can take minutes")
+            for line in extra + todo.notes:
+                say(line)
+            _build(venv, exe, todo, root, say)
+            (venv / ".complete").write_text(json.dumps({
+                "lock_hash": digest, "python": version, "requirements": todo.text,
+                "skipped": [e.line for e, _ in todo.skipped]}))
+            say(f"environment ready: {venv}")
+    return str(venv / "bin" / "python"), mismatches + extra
+
+
+def _cached(venv: Path, todo: Plan) -> bool:
+    """Whether ``venv`` is complete and was built from the same requirement lines (a path
+    that appeared or vanished, or a moved replab source, changes them)."""
+    try:
+        built = json.loads((venv / ".complete").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(built, dict) and built.get("requirements") == todo.text
+
+
+@contextlib.contextmanager
+def _one_builder(path: Path, say: Say):
+    """Two replays of the same lock at once: the second waits for the first's build, then
+    reuses it. No-op where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"another replay is building this environment; waiting for it ({path})")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(venv: Path, exe: str, todo: Plan, root: Path, say: Say) -> None:
+    """Create ``venv`` with ``exe`` and install the plan. Raises ReplayError naming each line
+    pip fails on (pip's whole output kept under ``root/logs``); a failed build is removed."""
     # Built in place (a venv's scripts name their own path); ".complete" is written last,
     # and a failed build is removed, so a half-built environment is never used.
     shutil.rmtree(venv, ignore_errors=True)
@@ -304,12 +341,6 @@ def ensure_environment(lock: str | None, *, rebuild: bool | None = None,
                 + f"pip's whole output: {log_file}. Fix or drop those lines (or install the "
                 "packages yourself), or replay in the current environment "
                 "(--no-rebuild-env / rebuild_env=False).")
-        marker.write_text(json.dumps({"lock_hash": lock_hash(lock), "python": version,
-                                      "requirements": todo.text,
-                                      "skipped": [e.line for e, _ in todo.skipped]}))
     except BaseException:
         shutil.rmtree(venv, ignore_errors=True)
         raise
-    say(f"environment ready: {venv}")
-    return str(python), mismatches + extra
-
