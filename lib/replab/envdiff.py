@@ -1,5 +1,6 @@
 """The layered environment diff of two run manifests, ranked by how likely each difference is
-to move the metrics; and the determinism profile a run's manifest promises.
+to move the metrics. The determinism profile and the hazards live in :mod:`replab.hazards`
+and are importable from here too.
 
 :func:`env_diff` flattens each layer of the manifest (code, packages, python, platform, gpu,
 container, determinism, env, entrypoint, inputs, manifest) into ``key: value`` pairs, drops
@@ -9,6 +10,17 @@ of None counts as absent), and reports every key whose value differs as a
 :class:`Difference`. Each gets the weight of the first rule of :data:`RULES` whose layer and
 key pattern match (``*`` matches anything, nothing else is special). Weights run from 100
 (certainly moves the metrics) to 1 (never does); they order, they are not probabilities.
+
+A replay measures the program, not replab, so the diff leaves out what replab itself sets or
+chooses: the variables of :data:`REPLAB_ENV` (``REPLAB_*``; ``MLFLOW_RUN_ID``,
+``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``, ``MLFLOW_EXPERIMENT_ID``: where a run is
+logged, not what it computes), replab's own ``_child`` directory in ``PYTHONPATH``, and the
+location of the interpreter. When both runs have the same Python version and implementation,
+each run's interpreter prefix, virtualenv and executable compare equal inside environment
+values (``PATH``, ``LD_LIBRARY_PATH``, ...), ``PATH`` entries and a ``VIRTUAL_ENV`` naming
+them are dropped: a replay venv built under replab's cache (or any venv moved elsewhere) is
+not a difference. Another Python version still is, and then so are those paths.
+
 First matching rule wins (the order below is :data:`RULES`' order):
 
 ====== =========== ========================================= ======================================
@@ -55,13 +67,14 @@ weight layer       keys (abridged; exact patterns: RULES)    why
 5      any         any                                       anything else
 ====== =========== ========================================= ======================================
 
-:func:`hazards` adds what no diff can show: conditions true in *both* runs (neither seeded,
-GPU nondeterminism possible in both), as differences of kind ``"hazard"``.
-:func:`determinism_profile` reads the original's manifest: ``bit-for-bit`` (seeded; CPU only,
-or deterministic algorithms on and no cuDNN benchmark and no TF32), ``same-stack`` (seeded,
-but GPU nondeterminism or TF32 possible, or unknown), ``statistical`` (no seed recorded).
+:func:`hazards` adds what no diff can show: conditions true in *both* runs (params such as
+``random_state: None``, ranked above everything; neither run seeded; GPU nondeterminism
+possible in both), as differences of kind ``"hazard"``. :func:`determinism_profile` reads
+the original's manifest, tags and params: ``bit-for-bit``, ``same-stack`` or
+``statistical`` (see :mod:`replab.hazards`).
 
-Pure functions of JSON data; only the standard library is imported.
+Pure functions of JSON data; only the standard library (and the pure modules
+:mod:`replab.difference` and :mod:`replab.hazards`) is imported.
 """
 
 from __future__ import annotations
@@ -70,12 +83,33 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-BIT_FOR_BIT = "bit-for-bit"
-SAME_STACK = "same-stack"
-STATISTICAL = "statistical"
+from .difference import MISSING, Difference, matches
+from .difference import as_map as _map
+from .difference import normalize_package as _normalize_package
+from .hazards import (
+    BIT_FOR_BIT,
+    GPU_FRAMEWORKS,
+    HAZARDS,
+    SAME_STACK,
+    STATISTICAL,
+    Facts,
+    Hazard,
+    determinism_profile,
+    facts,
+    hazards,
+    unseeded_params,
+)
+
+__all__ = [
+    "BIT_FOR_BIT", "FRAMEWORKS", "GPU_FRAMEWORKS", "HAZARDS", "LAYERS", "MISSING", "RULES",
+    "REPLAB_ENV", "SAME_STACK", "STATISTICAL", "Difference", "Facts", "Hazard", "Layer", "Rule",
+    "determinism_profile", "env_diff", "facts", "flatten", "hazards", "interpreter_locations",
+    "layer_values",
+    "matches", "rank", "rule_for", "unseeded_params",
+]
 
 FRAMEWORKS = (
     "torch", "torchvision", "torchaudio", "tensorflow", "tensorflow-*", "tf-keras", "keras",
@@ -84,31 +118,6 @@ FRAMEWORKS = (
     "tokenizers", "datasets", "timm", "triton", "cupy*", "nvidia-*", "mkl", "intel-openmp",
     "scipy-openblas*", "onnxruntime*", "deepspeed", "xformers", "flash-attn", "bitsandbytes",
 )
-GPU_FRAMEWORKS = ("torch", "tensorflow", "jax", "jaxlib", "cupy*")
-
-MISSING: Any = object()  # a key absent on one side (None values count as absent too)
-
-
-@dataclass
-class Difference:
-    """One way two environments differ. ``kind``: changed, added (only in b), removed (only
-    in a), or hazard (the same risky condition in both: ``a`` and ``b`` describe it)."""
-
-    layer: str
-    key: str
-    a: Any
-    b: Any
-    weight: int = 0
-    why: str = ""
-    kind: str = "changed"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Difference:
-        return cls(**{k: data[k] for k in ("layer", "key", "a", "b", "weight", "why", "kind")
-                      if k in data})
 
 
 @dataclass(frozen=True)
@@ -182,23 +191,6 @@ RULES: tuple[Rule, ...] = (
     Rule(5, "*", ("*",), "another setting"),
 )
 
-_PATTERNS: dict[str, re.Pattern[str]] = {}
-
-
-def _glob(pattern: str) -> re.Pattern[str]:
-    """``*`` matches anything; every other character is literal (``devices[*].name``)."""
-    if pattern not in _PATTERNS:
-        _PATTERNS[pattern] = re.compile(
-            "".join(".*" if part == "*" else re.escape(part)
-                    for part in re.split(r"(\*)", pattern)) + r"\Z", re.S)
-    return _PATTERNS[pattern]
-
-
-def matches(patterns: Iterable[str], key: str) -> bool:
-    """Whether ``key`` matches one of ``patterns`` (``*``: anything; the rest literal)."""
-    return any(_glob(p).match(key) for p in patterns)
-
-
 def rule_for(layer: str, key: str) -> Rule:
     """The first rule of :data:`RULES` matching ``layer`` and ``key``."""
     for rule in RULES:
@@ -240,10 +232,6 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
-
-
-def _normalize_package(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _code(git: Mapping[str, Any]) -> dict[str, Any]:
@@ -289,6 +277,68 @@ def _inputs(items: Any) -> dict[str, Any]:
     return out
 
 
+# -- what replab itself puts into a run's environment -----------------------------------------
+REPLAB_ENV = ("REPLAB_*", "MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME",
+              "MLFLOW_EXPERIMENT_ID")
+_SEARCH_PATHS = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH")
+_CHILD_DIR = re.compile(r"(?:^|[/\\])replab[/\\]_child[/\\]?\Z")  # replab run's sitecustomize
+_SLASHES = "/\\"
+_HERE = "<python>"  # a run's own interpreter location, in compared values
+
+
+def _split_paths(value: str) -> tuple[str, list[str]]:
+    sep = ";" if ";" in value else ":"
+    return sep, value.split(sep)
+
+
+def _env(env: Mapping[str, Any]) -> dict[str, Any]:
+    out = flatten(env)
+    if isinstance(out.get("PYTHONPATH"), str):  # `replab run` puts its _child dir first
+        sep, parts = _split_paths(out["PYTHONPATH"])
+        kept = sep.join(p for p in parts if not _CHILD_DIR.search(p))
+        if kept:
+            out["PYTHONPATH"] = kept
+        else:
+            del out["PYTHONPATH"]
+    return out
+
+
+def interpreter_locations(manifest_a: Mapping[str, Any],
+                          manifest_b: Mapping[str, Any]) -> tuple[str, ...]:
+    """The interpreter prefixes, virtualenvs and executables of both runs, longest first,
+    when both ran the same Python version and implementation; else none (then the paths
+    are real differences). Pure."""
+    pys = [_map(_map(m.get("captures")).get("python")) for m in (manifest_a, manifest_b)]
+    same = all(pys[0].get(k) is not None and pys[0].get(k) == pys[1].get(k)
+               for k in ("version", "implementation"))
+    if not same:
+        return ()
+    found: set[str] = set()
+    for py in pys:
+        for key in ("executable", "prefix", "virtualenv"):
+            value = _clean(py.get(key))
+            if isinstance(value, str) and value.strip(_SLASHES) and value != "<tmp>":
+                found.add(value.rstrip(_SLASHES))
+    return tuple(sorted(found, key=lambda p: (-len(p), p)))
+
+
+def _relocated(key: str, value: Any, locations: tuple[str, ...]) -> Any:
+    """``value`` with the interpreter ``locations`` written as ``<python>``; ``PATH``-like
+    entries and a ``VIRTUAL_ENV`` that only name the interpreter are dropped (MISSING)."""
+    if not isinstance(value, str) or not locations:
+        return value
+    pattern = "|".join(re.escape(p) for p in locations)
+    text = re.sub(rf"(?:{pattern})(?=[/\\:;\s]|\Z)", _HERE, value)
+    if key in _SEARCH_PATHS:
+        sep, parts = _split_paths(text)
+        parts = [p for p in parts if p.rstrip(_SLASHES) not in
+                 (_HERE, f"{_HERE}/bin", f"{_HERE}\\Scripts")]
+        return sep.join(parts) if parts else MISSING
+    if key == "VIRTUAL_ENV" and text.rstrip(_SLASHES) == _HERE:
+        return MISSING
+    return text
+
+
 @dataclass(frozen=True)
 class Layer:
     """How one capture becomes ``key: value`` pairs: ``extract`` then drop ``ignore``."""
@@ -310,7 +360,7 @@ LAYERS: tuple[Layer, ...] = (
                                   "devices[*].index", "frameworks.*.git_version")),
     Layer("container", "container", flatten, ("hints",)),
     Layer("determinism", "determinism", flatten),
-    Layer("env", "env", flatten),
+    Layer("env", "env", _env, REPLAB_ENV),
     Layer("entrypoint", "entrypoint", _entrypoint, ("root", "executed_path", "detected_by",
                                                     "in_kernel", "note", "parameters_from",
                                                     "source", "source_omitted")),
@@ -328,10 +378,6 @@ def _capture_state(manifest: Mapping[str, Any], name: str) -> str | None:
     if name in _map(manifest.get("skipped")):
         return f"skipped: {manifest['skipped'][name]}"
     return None
-
-
-def _map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 def layer_values(manifest: Mapping[str, Any], layer: Layer) -> dict[str, Any]:
@@ -376,8 +422,8 @@ def _make(layer: str, key: str, a: Any, b: Any, kind: str) -> Difference:
 
 
 def rank(differences: Iterable[Difference]) -> list[Difference]:
-    """Heaviest first; ties in layer order, then by key."""
-    order = {layer.name: i for i, layer in enumerate(LAYERS)}
+    """Heaviest first; ties in layer order (params hazards first), then by key."""
+    order = {"params": -1, **{layer.name: i for i, layer in enumerate(LAYERS)}}
     return sorted(differences, key=lambda d: (-d.weight, order.get(d.layer, len(order)), d.key))
 
 
@@ -388,6 +434,7 @@ def env_diff(manifest_a: Mapping[str, Any] | None,
     if not isinstance(manifest_a, Mapping) or not isinstance(manifest_b, Mapping):
         return []
     covered = _determinism_env_names(manifest_a, manifest_b)
+    here = interpreter_locations(manifest_a, manifest_b)
     out: list[Difference] = []
     for layer in LAYERS:
         if layer.capture is not None:
@@ -403,147 +450,10 @@ def env_diff(manifest_a: Mapping[str, Any] | None,
             va, vb = a.get(key, MISSING), b.get(key, MISSING)
             if _equal(va, vb):
                 continue
+            if layer.name == "env" and _equal(_relocated(key, va, here),
+                                              _relocated(key, vb, here)):
+                continue  # only the interpreter's location differs
             kind = "added" if va is MISSING else "removed" if vb is MISSING else "changed"
             out.append(_make(layer.name, key, None if va is MISSING else va,
                              None if vb is MISSING else vb, kind))
     return rank(out)
-
-
-# -- what a manifest promises ------------------------------------------------------------------
-@dataclass
-class Facts:
-    """The determinism-relevant facts of one run (None: unknown)."""
-
-    seeded: bool
-    seed: Any = None
-    gpu_possible: bool | None = None
-    gpu_frameworks: list[str] = field(default_factory=list)
-    deterministic: bool | None = None  # deterministic GPU algorithms, when a GPU may be used
-    tf32: bool | None = None
-    hash_randomization: bool | None = None
-
-
-def _truthy(value: Any) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def facts(manifest: Mapping[str, Any] | None, tags: Mapping[str, str] | None = None) -> Facts:
-    """Read seeding, GPU use and determinism switches from a manifest (and the ``replab.seed``
-    tag, which ``replab run --seed`` sets). Pure; raises nothing."""
-    tags = _map(tags)
-    caps = _map(_map(manifest).get("captures"))
-    det = _map(caps.get("determinism"))
-    seeds = det.get("seeds")
-    seed = None
-    if isinstance(seeds, Mapping):
-        seed = seeds.get("seed", next((v for v in seeds.values() if v is not None), None))
-    elif seeds not in (None, "", [], {}):
-        seed = seeds
-    if seed is None and tags.get("replab.seed") not in (None, ""):
-        seed = tags["replab.seed"]
-    out = Facts(seeded=seed is not None, seed=seed)
-    if not isinstance(manifest, Mapping):
-        return out
-    out.hash_randomization = det.get("hash_randomization")
-    gpu = caps.get("gpu")
-    versions = {_normalize_package(str(k)) for k in _map(_map(caps.get("packages"))
-                                                         .get("versions"))}
-    loaded = {str(k) for k in _map(_map(gpu).get("frameworks"))}
-    loaded |= {k for k in ("torch", "tensorflow") if k in det}
-    out.gpu_frameworks = sorted(n for n in versions | loaded if matches(GPU_FRAMEWORKS, n))
-    if not isinstance(gpu, Mapping):
-        out.gpu_possible = None if out.gpu_frameworks else False
-    else:
-        has_gpu = bool(gpu.get("devices")) or bool(gpu.get("count"))
-        out.gpu_possible = has_gpu and bool(out.gpu_frameworks)
-    if not out.gpu_possible:
-        return out
-    env = _map(det.get("env"))
-    torch, tf = _map(det.get("torch")), det.get("tensorflow")
-    verdicts: list[bool | None] = []
-    tf32: list[bool] = []
-    if "torch" in out.gpu_frameworks:
-        if torch.get("deterministic_algorithms") is not None:
-            verdicts.append(bool(torch["deterministic_algorithms"])
-                            and not torch.get("cudnn_benchmark"))
-            tf32.append(bool(torch.get("matmul_allow_tf32") or torch.get("cudnn_allow_tf32")))
-        else:
-            verdicts.append(None)
-    if "tensorflow" in out.gpu_frameworks:
-        op = _map(tf).get("op_determinism")
-        verdicts.append(True if op or _truthy(env.get("TF_DETERMINISTIC_OPS")) else
-                        None if op is None else False)
-        # TensorFlow allows TF32 by default: unknown counts as on
-        tf32.append(bool(tf.get("tensor_float_32")) if isinstance(tf, Mapping) else True)
-    if any(matches(("jax*", "cupy*"), n) for n in out.gpu_frameworks):
-        flags = str(_map(caps.get("env")).get("XLA_FLAGS") or "")
-        verdicts.append(True if "xla_gpu_deterministic_ops=true" in flags else None)
-    out.deterministic = (False if False in verdicts else None if None in verdicts
-                         else bool(verdicts))
-    out.tf32 = (any(tf32) if tf32 else None) and env.get("NVIDIA_TF32_OVERRIDE") != "0"
-    return out
-
-
-def determinism_profile(manifest: Mapping[str, Any] | None,
-                        tags: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
-    """``(profile, reasons)``: what a replay of this run can promise (see the module doc)."""
-    f = facts(manifest, tags)
-    if not f.seeded:
-        return STATISTICAL, ["no seed recorded (determinism capture, tag replab.seed)"]
-    reasons = [f"seeded ({f.seed})"]
-    if not isinstance(manifest, Mapping):
-        return SAME_STACK, reasons + ["no manifest: GPU use and determinism flags unknown"]
-    if f.gpu_possible is False:
-        return BIT_FOR_BIT, reasons + ["CPU only (no GPU, or no GPU framework installed)"]
-    if f.gpu_possible is None:
-        reasons.append("GPU use unknown (no gpu capture)")
-    else:
-        reasons.append(f"GPU available to {', '.join(f.gpu_frameworks)}")
-    if f.deterministic is not True:
-        reasons.append("deterministic algorithms off" if f.deterministic is False else
-                       "deterministic algorithms not recorded")
-    if f.tf32:
-        reasons.append("TF32 allowed")
-    if f.gpu_possible and f.deterministic is True and not f.tf32:
-        reasons.append("deterministic algorithms on, no cuDNN benchmark, no TF32")
-        return BIT_FOR_BIT, reasons
-    return SAME_STACK, reasons
-
-
-@dataclass(frozen=True)
-class Hazard:
-    """A risky condition: reported when ``test`` holds for the facts of both runs."""
-
-    key: str
-    weight: int
-    test: Callable[[Facts], bool]
-    state: str
-    why: str
-
-
-HAZARDS: tuple[Hazard, ...] = (
-    Hazard("seeds", 100, lambda f: not f.seeded, "not seeded",
-           "the run was not seeded (seed missing in both runs' determinism capture): every "
-           "random draw differs between runs"),
-    Hazard("gpu nondeterminism", 85, lambda f: bool(f.gpu_possible) and f.deterministic is not
-           True, "nondeterministic GPU algorithms possible",
-           "GPU nondeterminism possible in both runs (deterministic algorithms off or not "
-           "recorded, or cuDNN benchmark on): reduction order varies run to run"),
-    Hazard("tf32", 60, lambda f: bool(f.gpu_possible and f.tf32), "TF32 allowed",
-           "TF32 allowed in both runs: matmul results depend on the GPU generation"),
-    Hazard("hash_randomization", 15, lambda f: f.hash_randomization is True,
-           "PYTHONHASHSEED unset", "hash randomization on in both runs: the iteration order of "
-           "sets of strings varies (only matters if the code depends on it)"),
-)
-
-
-def hazards(manifest_a: Mapping[str, Any] | None, manifest_b: Mapping[str, Any] | None,
-            tags_a: Mapping[str, str] | None = None,
-            tags_b: Mapping[str, str] | None = None) -> list[Difference]:
-    """The :data:`HAZARDS` present in both runs, as differences of kind ``hazard``; none
-    unless both manifests are given (without one, nothing is known). Pure."""
-    if not isinstance(manifest_a, Mapping) or not isinstance(manifest_b, Mapping):
-        return []
-    fa, fb = facts(manifest_a, tags_a), facts(manifest_b, tags_b)
-    return [Difference("determinism", h.key, h.state, h.state, h.weight, h.why, "hazard")
-            for h in HAZARDS if h.test(fa) and h.test(fb)]

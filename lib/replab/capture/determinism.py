@@ -1,13 +1,17 @@
 """The ``determinism`` capture: the switches that decide whether a rerun can match bit for bit.
 
-Seeds given by the caller (option ``seeds``), hash seeding, and the determinism and TF32
-flags of torch and tensorflow, read only when those are already imported.
+Seeds given by the caller (option ``seeds``: ``{"seed": 1, "seeded": [...]}``, where
+``seeded`` names the generators :func:`replab.tracking.seed_everything` reached, as a list
+or as its ``{generator: bool}`` answer), hash seeding, and the determinism and TF32 flags of
+torch and tensorflow, read only when those are already imported. The determinism profile
+(:mod:`replab.hazards`) trusts only the generators listed in ``seeded``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from replab.capture import Context, capture
@@ -52,11 +56,20 @@ def tensorflow_flags(tf: Any) -> dict[str, Any]:
     }
 
 
+def seeds_record(seeds: Any) -> Any:
+    """The ``seeds`` option as recorded: secrets hidden, ``seeded`` as a sorted list of the
+    generators that were seeded."""
+    seeds = redact_params(seeds)
+    if isinstance(seeds, Mapping) and isinstance(seeds.get("seeded"), Mapping):
+        seeds = {**seeds, "seeded": sorted(str(k) for k, v in seeds["seeded"].items() if v)}
+    return seeds
+
+
 @capture("determinism")
 def determinism_info(ctx: Context) -> dict[str, Any]:
     """Seeds, hash seeding, and framework determinism flags. Raises nothing of its own."""
     info: dict[str, Any] = {
-        "seeds": redact_params(ctx.option("seeds")),
+        "seeds": seeds_record(ctx.option("seeds")),
         "hash_randomization": bool(sys.flags.hash_randomization),
         "env": {name: os.environ.get(name) for name in ENV_FLAGS},
     }

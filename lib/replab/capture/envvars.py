@@ -4,7 +4,9 @@ An allowlist, not a dump: variables are recorded only when their name is listed 
 with a listed prefix (extend with the option ``env_allow``: names, or prefixes ending in
 ``*``). Values pass through :func:`replab.redact.redact`, so a variable whose name or content
 looks secret is masked. ``PATH`` and ``LD_LIBRARY_PATH`` are recorded: they decide which
-CUDA, compiler and BLAS libraries a run loads.
+CUDA, compiler and BLAS libraries a run loads. ``REPLAB_*`` and ``MLFLOW_*`` are recorded
+too, as evidence of how the run was started (a replay carries ``REPLAB_REPLAY_OF``); the
+environment diff leaves replab's own ones out (:data:`replab.envdiff.REPLAB_ENV`).
 """
 
 from __future__ import annotations
