@@ -43,7 +43,7 @@ def test_unseeded_example_is_not_reproduced_and_seeding_ranks_first(tracking_uri
                                tolerances=verdict.Tolerance())  # exact: any noise shows
     assert result.verdict.verdict == verdict.Outcome.NOT_REPRODUCED
     assert "seed" in verdict.describe(result.verdict.differences[0]).lower()
-    assert "not seeded" in verdict.explain(result.verdict)
+    assert "seed is None" in verdict.explain(result.verdict)  # its own param says so
 
 
 def test_notebook_entrypoint_replays_through_papermill(tracking_uri, tmp_path):

@@ -240,14 +240,16 @@ def test_tolerance_bounds_are_validated(kwargs):
 def test_differing_params_are_reported_first():
     replay = record("replay", params={"lr": "0.1", "epochs": "3", "extra": "x"})
     v = compare(record(), replay)
-    assert v.verdict is Outcome.REPRODUCED
+    # identical metrics, other parameters: not a replay of the original's experiment
+    assert v.verdict is Outcome.NOT_FAITHFUL and not v.reproduced and v.exit_code() == 5
     assert [(p.key, p.original, p.replay) for p in v.params] == [
         ("extra", None, "x"), ("lr", "0.01", "0.1")]
-    assert "Parameters differ (extra: None -> x, lr: 0.01 -> 0.1)" in explain(v)
+    assert "params extra: (none) -> x; params lr: 0.01 -> 0.1" in explain(v)
     md = render_markdown(v, record(), replay)
-    assert md.index("## Parameters differ") < md.index("## Metrics")
+    assert md.index("## Not a faithful replay") < md.index("## Metrics")
     worse = record("replay", scaled(record().metrics, 2.0), params={"lr": "0.1"})
-    assert "Most likely cause: the different parameters" in explain(compare(record(), worse))
+    text = explain(compare(record(), worse))
+    assert text.startswith("NOT_FAITHFUL:") and "Results moved too: loss differs" in text
 
 
 def test_system_metrics_are_ignored():
@@ -260,13 +262,16 @@ def test_system_metrics_are_ignored():
 
 def test_no_metrics_at_all_is_incomplete():
     v = compare(record(metrics={}), record("replay", {}))
-    assert v.verdict is Outcome.INCOMPLETE and "nothing could be compared" in explain(v)
+    assert v.verdict is Outcome.INCOMPLETE and v.exit_code() == 6
+    assert "nothing to compare" in explain(v) and "exit code alone is not evidence" in explain(v)
+    assert not v.evidence.any and v.evidence.words() == "nothing"
 
 
 def test_missing_manifests_are_noted_and_the_seed_tag_still_counts():
     original = RunRecord("orig", {}, {"loss": [(0, 1.0)]}, None, {"replab.seed": "3"},
                          ["run orig has no readable replab/manifest.json"])
-    v = compare(original, RunRecord("replay", {}, {"loss": [(0, 1.0)]}, None))
+    v = compare(original, RunRecord("replay", {}, {"loss": [(0, 1.0)]}, None,
+                                    {"replab.seed": "3"}))
     assert v.verdict is Outcome.REPRODUCED and v.differences == []
     assert v.profile == SAME_STACK and "seeded (3)" in v.profile_reasons
     assert any("no manifest for the original" in n for n in v.notes)
@@ -404,9 +409,9 @@ def test_the_rules_table_in_the_docstring_matches_the_rules():
 
 
 def test_the_tolerance_table_in_the_docstring_matches_the_defaults():
-    import replab.verdict
+    import replab.tolerances
 
-    rows = re.findall(r"^([a-z-]+)\s+([\de.-]+)\s+([\de.-]+)\s", replab.verdict.__doc__, re.M)
+    rows = re.findall(r"^([a-z-]+)\s+([\de.-]+)\s+([\de.-]+)\s", replab.tolerances.__doc__, re.M)
     assert {p: Tolerance(float(a), float(r)) for p, a, r in rows} == DEFAULT_TOLERANCES
 
 
@@ -440,7 +445,8 @@ def test_reports_escape_and_embed(tmp_path):
     assert len(pngs) == 2 and base64.b64decode(pngs[0]).startswith(b"\x89PNG")
     assert "](plots/loss.png)" in paths["report.md"].read_text()
     data = json.loads(paths["verdict.json"].read_text())
-    assert data["verdict"] == "NOT_REPRODUCED" and data["explain"] == explain(v)
+    assert data["verdict"] == "NOT_FAITHFUL" and data["explain"] == explain(v)
+    assert data["unfaithful"][0]["key"] == "note"
 
 
 def test_importing_verdict_is_light():
@@ -549,9 +555,12 @@ def test_unseeded_mlp_runs_do_not_reproduce_and_blame_the_seed(client, mlp_runs,
     strict = compare(original, replay, Tolerance())
     assert strict.verdict is Outcome.NOT_REPRODUCED
     for verdict in (v, strict):
-        top = verdict.differences[0]
-        assert (top.layer, top.key, top.weight) == ("determinism", "seeds", 100)
-    assert "Most likely cause: the run was not seeded" in explain(strict)
+        # the program's own parameter says it is unseeded: ranked first, then the capture's
+        top, second = verdict.differences[:2]
+        assert (top.layer, top.key, top.weight) == ("params", "seed", 100)
+        assert (second.layer, second.key) == ("determinism", "seeds")
+    assert "Most likely cause: parameter seed is None" in explain(strict)
+    assert v.verdict is Outcome.NOT_REPRODUCED or v.tolerance_assumed
 
     paths = write_report(strict, original, replay, tmp_path / "verdict")
     assert {"report.md", "report.html", "verdict.json", "plots/train_loss.png",
@@ -580,6 +589,7 @@ def test_fetch_record_survives_a_missing_or_corrupt_manifest(client):
     assert rec.metrics == {"loss": [(0, 3.0), (1, 2.0), (2, 1.0)]} and rec.params == {"lr": "0.1"}
     corrupt = client.create_run(exp).info.run_id
     client.log_metric(corrupt, "loss", 3.0, step=0)
+    client.log_param(corrupt, "lr", "0.1")
     client.log_text(corrupt, "{not json", "replab/manifest.json")
     rec2 = fetch_record(client, corrupt)
     assert rec2.manifest is None and "not valid JSON" in rec2.notes[0]

@@ -160,10 +160,12 @@ def _cmd_run(args) -> int:
         params[key] = value
     result = runner.run_command(command, experiment=args.experiment, params=params,
                                 tracking_uri=_server(args), seed=args.seed,
-                                autolog=not args.no_autolog, log_models=args.log_models)
+                                autolog=not args.no_autolog, log_models=args.log_models,
+                                **runner.output_options(args))
     print(f"replab: run {result.run_id} (experiment {result.experiment_id}) exited with "
           f"{result.returncode}", file=sys.stderr)
-    return result.returncode
+    rc = result.returncode
+    return 128 - rc if rc < 0 else rc  # killed by signal N: 128+N, as a shell says
 
 
 def _cmd_lab(args) -> int:
@@ -259,12 +261,12 @@ def _load_env_file(path: Path) -> None:
             os.environ.setdefault(key.strip(), value.strip())
 
 
-def _print_verdict(v) -> int:
+def _print_verdict(v, strict: bool = False) -> int:
     from . import verdict
 
     print(f"verdict: {v.verdict.value}")
     print(verdict.explain(v))
-    return 0 if v.reproduced else 1
+    return v.exit_code(strict)
 
 
 def _cmd_replay(args) -> int:
@@ -273,12 +275,13 @@ def _cmd_replay(args) -> int:
     result = replay.replay_run(args.run, experiment=args.experiment,
                                tracking_uri=_server(args), repo=args.repo,
                                workdir=args.workdir, rebuild_env=args.rebuild_env,
-                               allow_missing=args.allow_missing, progress=print)
+                               allow_missing=args.allow_missing, repeats=args.repeats,
+                               progress=print)
     for line in result.mismatches[:20]:
         print(f"  environment differs from the lock: {line}")
     print(f"replay run {result.execution.new_run_id}")
     print(f"report: {result.report.get('report.html')}")
-    return _print_verdict(result.verdict)
+    return _print_verdict(result.verdict, args.strict)
 
 
 def _cmd_verify(args) -> int:
@@ -286,7 +289,7 @@ def _cmd_verify(args) -> int:
 
     uri = _server(args, required=not _bundles_only(args.original, args.replay))
     v, _a, _b = replay.verify(args.original, args.replay, tracking_uri=uri)
-    return _print_verdict(v)
+    return _print_verdict(v, args.strict)
 
 
 def _cmd_diff(args) -> int:

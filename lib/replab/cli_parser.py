@@ -14,11 +14,14 @@ WIDTH = 88  # the help's paragraphs (RawDescriptionHelpFormatter keeps the examp
 
 EXIT_CODES = {
     0: "success (replay, verify: the verdict is REPRODUCED or REPRODUCED_WITHIN_TOLERANCE)",
-    1: "a step failed: a notebook, a lab operation, or the verdict is NOT_REPRODUCED, "
-       "NOT_FAITHFUL or INCOMPLETE",
+    1: "a step failed: a notebook or a lab operation; replay, verify: NOT_REPRODUCED",
     2: "bad input: usage, an invalid config or parameter, a missing file, no tracking server",
     3: "the cloud or a service refused or timed out",
     4: "the run cannot be replayed (not found, its workspace or environment cannot be rebuilt)",
+    5: "replay, verify: NOT_FAITHFUL (params, code, entrypoint, run options or inputs differ)",
+    6: "replay, verify: INCOMPLETE (no evidence, or some of it missing on one side)",
+    7: "replay, verify --strict: REPRODUCED_WITHIN_TOLERANCE on an assumed tolerance (the "
+       "spread was not measured: --repeats)",
     130: "interrupted",
 }
 
@@ -180,8 +183,9 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]],
                   "WORKDIR/replays/<run>-<stamp>/. " + _SERVER,
                   ["replab replay latest -e demo --workdir work/demo",
                    "replab replay 3f2a...c9 --repo . --no-rebuild-env",
+                   "replab replay latest -e demo --repeats 3 --strict",
                    "replab replay run.tar.gz --tracking-uri http://127.0.0.1:5000"],
-                  [0, 1, 2, 3, 4, 130], handlers["replay"])
+                  [0, 1, 2, 3, 4, 5, 6, 7, 130], handlers["replay"])
     rp.add_argument("run", help="run id, 'latest' (with --experiment) or a bundle file")
     rp.add_argument("--experiment", "-e", help="the experiment, for 'latest'")
     rp.add_argument("--repo", help="clone this (path or URL) instead of the recorded remote")
@@ -191,6 +195,12 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]],
                     help="never build it: replay in the current environment")
     rp.add_argument("--allow-missing", action="store_true",
                     help="go on when untracked files were not captured")
+    rp.add_argument("--repeats", type=int, default=1, metavar="N",
+                    help="replay N times, each in a fresh workspace, and judge the original "
+                         "against the measured spread (N >= 3: within 3 sd of the mean)")
+    rp.add_argument("--strict", action="store_true",
+                    help="exit 7 when the verdict passes only on an assumed tolerance (for "
+                         "CI)")
     _server_options(rp, ", and where replays/<run>-<stamp>/ go")
 
     vf = _command(sub, "verify", "the verdict of two existing runs (or bundles)",
@@ -199,10 +209,12 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]],
                   "faithful replay of the first; print the verdict and why. Two bundles need "
                   "no server. " + _SERVER,
                   ["replab verify ORIGINAL_ID REPLAY_ID --workdir work",
-                   "replab verify original.tar.gz replay.tar.gz"], [0, 1, 2, 3, 4],
+                   "replab verify original.tar.gz replay.tar.gz"], [0, 1, 2, 3, 4, 5, 6, 7],
                   handlers["verify"])
     vf.add_argument("original", help="the original run: id or bundle file")
     vf.add_argument("replay", help="the replay: id or bundle file")
+    vf.add_argument("--strict", action="store_true",
+                    help="exit 7 when the verdict passes only on an assumed tolerance")
     _server_options(vf)
 
     df = _command(sub, "diff", "the ranked environment differences of two runs",

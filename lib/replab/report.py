@@ -22,28 +22,12 @@ from typing import Any
 
 from .envdiff import Difference
 from .errors import CloudError, ReplayError
+from .metriccurves import MetricComparison, MetricStatus, keyed, step_order
+from .runrecord import Points, RunRecord, client_uri
+from .tolerances import Tolerance, same
 from .tracking import TAG_COMMIT, TAG_SEED
-from .verdict import (
-    ARTIFACT_DIR,
-    TAG_MAX,
-    TAG_VERDICT,
-    TAG_VERDICT_EXPLAIN,
-    MetricComparison,
-    MetricStatus,
-    Points,
-    RunRecord,
-    Tolerance,
-    Verdict,
-    _keyed,
-    _num,
-    _order,
-    _pct,
-    _ranges,
-    _same,
-    _short,
-    _uri,
-    explain,
-)
+from .verdict import ARTIFACT_DIR, TAG_MAX, TAG_VERDICT, TAG_VERDICT_EXPLAIN, Verdict
+from .verdictwords import explain, num, pct, ranges, short
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +59,10 @@ def plot_png(name: str, original: Points | None, replay: Points | None,
     top.set_ylabel("value")
     top.grid(alpha=0.3)
     top.legend(loc="best", fontsize=8)
-    a, b = _keyed(original or []), _keyed(replay or [])
-    common = sorted((s for s in a if s in b), key=_order)
-    xs = [_order(s)[0] for s in common]
-    delta = [b[s] - a[s] if not _same(a[s], b[s]) else 0.0 for s in common]
+    a, b = keyed(original or []), keyed(replay or [])
+    common = sorted((s for s in a if s in b), key=step_order)
+    xs = [step_order(s)[0] for s in common]
+    delta = [b[s] - a[s] if not same(a[s], b[s]) else 0.0 for s in common]
     if tolerance is not None and common:
         band = [max(tolerance.abs, tolerance.rel * max(math.fabs(a[s]), math.fabs(b[s])))
                 for s in common]
@@ -104,8 +88,8 @@ def _plots(verdict: Verdict, original: RunRecord, replay: RunRecord) -> dict[str
     images: dict[str, bytes] = {}
     for row in verdict.metrics:
         try:
-            subtitle = (f"{row.status.value.replace('_', ' ')}: max abs {_num(row.max_abs)}, "
-                        f"max rel {_pct(row.max_rel)} (tolerance {row.tolerance})")
+            subtitle = (f"{row.status.value.replace('_', ' ')}: max abs {num(row.max_abs)}, "
+                        f"max rel {pct(row.max_rel)} (tolerance {row.tolerance})")
             images[row.name] = plot_png(row.name, original.metrics.get(row.name),
                                         replay.metrics.get(row.name), row.tolerance, subtitle)
         except ImportError:
@@ -146,12 +130,12 @@ def _runs_rows(original: RunRecord, replay: RunRecord) -> list[tuple[str, str, s
 
 
 def _metric_cells(row: MetricComparison) -> list[str]:
-    missing = "; ".join(f"{_ranges(s)} in {w}" for s, w in
+    missing = "; ".join(f"{ranges(s)} in {w}" for s, w in
                         ((row.missing_in_replay, "replay"), (row.missing_in_original,
                                                              "original")) if s)
-    return [row.name, _STATUS_MARK[row.status], str(row.steps_compared), _num(row.max_abs),
-            _pct(row.max_rel), _num(row.worst_step), _num(row.final_original),
-            _num(row.final_replay), str(row.tolerance), missing or "-"]
+    return [row.name, _STATUS_MARK[row.status], str(row.steps_compared), num(row.max_abs),
+            pct(row.max_rel), num(row.worst_step), num(row.final_original),
+            num(row.final_replay), str(row.tolerance), missing or "-"]
 
 
 _METRIC_HEAD = ["metric", "status", "points", "max abs", "max rel", "worst at",
@@ -160,7 +144,7 @@ _DIFF_HEAD = ["weight", "layer", "key", "original", "replay", "why"]
 
 
 def _diff_cells(d: Difference) -> list[str]:
-    a, b = ("(in both)", "(in both)") if d.kind == "hazard" else (_short(d.a), _short(d.b))
+    a, b = ("(in both)", "(in both)") if d.kind == "hazard" else (short(d.a), short(d.b))
     return [str(d.weight), d.layer, d.key, a, b, d.why]
 
 
@@ -173,6 +157,40 @@ def _md_table(head: list[str], rows: Iterable[list[str]]) -> str:
     return "\n".join(lines)
 
 
+MAX_LINES = 20  # printed-line mismatches shown in a report (all are in verdict.json)
+
+
+def _evidence_sections(verdict: Verdict) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """``(title, warning, table head, table rows)`` for what the verdict compared besides the
+    metric curves: faithfulness, evidence, printed output, output files."""
+    out = []
+    if verdict.unfaithful:
+        out.append(("Not a faithful replay",
+                    "The replay did not run the original's experiment: its results neither "
+                    "confirm nor refute the original.", ["item", "what", "original", "replay"],
+                    [[u.item, u.key, short(num(u.original)), short(num(u.replay))]
+                     for u in verdict.unfaithful]))
+    ev = verdict.evidence
+    exits = (f"; exit codes {ev.exit_codes[0]} vs {ev.exit_codes[1]} (not evidence on their "
+             "own)") if ev.exit_codes else ""
+    assumed = (" The tolerance is assumed, not measured (unverified spread): replay with "
+               "--repeats 3." if verdict.tolerance_assumed else "")
+    out.append(("Evidence", f"Compared {ev.words()}{exits}.{assumed}"
+                + (f" {verdict.incomplete_reason}." if verdict.incomplete_reason else ""),
+                [], []))
+    for p in verdict.printed:
+        rows = [[num(m.line), num(m.replay_line), short(m.original), short(m.replay), m.reason]
+                for m in p.mismatches[:MAX_LINES]]
+        more = f" ({p.mismatch_count - len(rows)} more in verdict.json)" \
+            if p.mismatch_count > len(rows) else ""
+        out.append((f"Printed output ({p.stream})", p.summary() + more,
+                    ["line", "replay line", "original", "replay", "why"], rows))
+    if verdict.files:
+        out.append(("Output files", "", ["file", "status", "compared by", "detail"],
+                    [[f.path, f.status, f.how, f.detail or "-"] for f in verdict.files]))
+    return out
+
+
 def render_markdown(verdict: Verdict, original: RunRecord, replay: RunRecord, *,
                     plots: Mapping[str, str] | None = None) -> str:
     """The report as markdown; ``plots`` maps metric names to image paths to link."""
@@ -182,12 +200,9 @@ def render_markdown(verdict: Verdict, original: RunRecord, replay: RunRecord, *,
              f"Determinism profile of the original: **{verdict.profile}** "
              f"({'; '.join(verdict.profile_reasons)}); default tolerance: {verdict.tolerance}.",
              ""]
-    if verdict.params:
-        parts += ["## Parameters differ", "",
-                  "> **The replay ran with other parameters: it was not a faithful replay.**",
-                  "", _md_table(["parameter", "original", "replay"],
-                                [[p.key, _num(p.original), _num(p.replay)]
-                                 for p in verdict.params]), ""]
+    for title, warn, head, rows in _evidence_sections(verdict):
+        parts += [f"## {title}", ""] + ([f"> **{warn}**", ""] if warn else [])
+        parts += [_md_table(head, rows), ""] if rows else []
     parts += ["## Metrics", "", _md_table(_METRIC_HEAD, map(_metric_cells, verdict.metrics)),
               ""]
     for name, path in (plots or {}).items():
@@ -215,6 +230,7 @@ padding:3px 7px;text-align:left;vertical-align:top}th{background:#f3f3f3}
 .badge{display:inline-block;padding:.2em .7em;border-radius:4px;color:#fff;font-weight:600}
 .REPRODUCED{background:#2e7d32}.REPRODUCED_WITHIN_TOLERANCE{background:#558b2f}
 .NOT_REPRODUCED{background:#c62828}.INCOMPLETE{background:#757575}
+.NOT_FAITHFUL{background:#ef6c00}
 .warn{border-left:4px solid #c62828;background:#fdecea;padding:.5em 1em}
 .OUTSIDE{color:#c62828;font-weight:600}figure{display:inline-block;margin:.5em}
 code{background:#f3f3f3;padding:0 .2em}"""
@@ -247,12 +263,12 @@ def render_html(verdict: Verdict, original: RunRecord, replay: RunRecord, *,
             f"<p>Determinism profile of the original: <b>{e(verdict.profile)}</b> "
             f"({e('; '.join(verdict.profile_reasons))}); default tolerance: "
             f"{e(str(verdict.tolerance))}.</p>"]
-    if verdict.params:
-        body += ["<h2>Parameters differ</h2><p class='warn'><b>The replay ran with other "
-                 "parameters: it was not a faithful replay.</b></p>",
-                 _html_table(["parameter", "original", "replay"],
-                             [[p.key, _num(p.original), _num(p.replay)]
-                              for p in verdict.params])]
+    for title, warn, head, rows in _evidence_sections(verdict):
+        body.append(f"<h2>{e(title)}</h2>")
+        if warn:
+            body.append(f"<p class='warn'><b>{e(warn)}</b></p>")
+        if rows:
+            body.append(_html_table(head, rows))
     body += ["<h2>Metrics</h2>", _html_table(_METRIC_HEAD, map(_metric_cells, verdict.metrics),
                                               status_col=1)]
     for name, png in images.items():
@@ -331,5 +347,5 @@ def log_report(client: Any, run_id: str, paths: Mapping[str, str | Path],
         client.set_tag(run_id, TAG_VERDICT, outcome)
         client.set_tag(run_id, TAG_VERDICT_EXPLAIN, text)
     except Exception as exc:
-        raise CloudError(f"cannot log the verdict report to run {run_id} on {_uri(client)}: "
+        raise CloudError(f"cannot log the verdict report to run {run_id} on {client_uri(client)}: "
                          f"{exc}") from exc

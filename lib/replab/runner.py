@@ -16,6 +16,7 @@ save its buffered metrics, and the run is then KILLED.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -30,11 +31,13 @@ from typing import IO, Any
 
 from . import termination, tracking
 from .errors import ConfigError
+from .faithfulness import TAG_RUN_OPTIONS
+from .outputs import STREAM_ARTIFACTS
 
 log = logging.getLogger(__name__)
 CHILD_DIR = Path(__file__).resolve().parent / "_child"
-STDOUT = "replab/stdout.txt"
-STDERR = "replab/stderr.txt"
+STDOUT = STREAM_ARTIFACTS["stdout"]
+STDERR = STREAM_ARTIFACTS["stderr"]
 TAG_EXIT_NOTE = "replab.exit_note"
 
 
@@ -93,9 +96,15 @@ def run_command(
     cwd = Path(cwd or os.getcwd()).resolve()
     before = outputs_files.snapshot(cwd, output_dirs) if output_evidence else {}
     entry = {"command": list(command)}
+    # Every option that changes what the program does, so a replay runs it the same way
+    # (replab.replay) and the verdict can tell a replay made otherwise (replab.faithfulness).
+    options = {"autolog": bool(autolog), "log_models": bool(log_models), "seed": seed,
+               "params": {str(k): str(v) for k, v in (params or {}).items()}}
     with tracking.start_run(experiment, params, seed=None, repo=cwd, entrypoint=entry,
                             replay_of=replay_of, tracking_uri=tracking_uri,
-                            tags={"replab.run.command": " ".join(command)[:5000]}) as run:
+                            tags={"replab.run.command": " ".join(command)[:5000],
+                                  TAG_RUN_OPTIONS: json.dumps(options, sort_keys=True)}
+                            ) as run:
         import mlflow
 
         env = dict(os.environ)

@@ -1,0 +1,124 @@
+"""Tolerances measured, not assumed: the run-to-run spread of each metric over repeated
+replays (``replab replay --repeats N``, or ``verify`` over several runs), and the original
+judged against it.
+
+The rule, stated in every report that uses it (:data:`RULE`): at each step, with the
+replays' values ``v1..vN``,
+
+- all ``vi`` identical: the metric is *observed deterministic*; the original must equal
+  them (within the same-stack floor below when the profile is not bit-for-bit);
+- N >= 3: the original must lie within ``K`` standard deviations of the replays' mean
+  (``|a - mean| <= K * sd + floor``, ``K = 3``);
+- N = 2: within the replays' range widened by half its width on each side (``+ floor``).
+
+``floor`` is ``abs 1e-12`` plus ``rel 1e-9`` of the value: float formatting noise, not a
+tolerance. The measured half-widths become the metric's tolerance in the verdict
+(``tolerance_from`` = "measured spread"), largest over the steps.
+
+Pure functions of the records; only the standard library is imported.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .metriccurves import keyed, step_order
+from .tolerances import Tolerance
+
+K = 3.0
+FLOOR_ABS, FLOOR_REL = 1e-12, 1e-9
+RULE = (f"replays identical: the original must equal them; N >= 3: |original - mean| <= "
+        f"{K:g} sd; N = 2: within the replays' range widened by half its width")
+
+
+@dataclass
+class MetricSpread:
+    """One metric over N replays."""
+
+    name: str
+    repeats: int
+    deterministic: bool
+    steps: int
+    max_sd: float = 0.0
+    max_range: float = 0.0
+    half_width: float = 0.0  # the widest allowed deviation from the centre, over the steps
+    centre: dict[Any, float] = field(default_factory=dict)  # step key -> centre
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return Tolerance(abs=self.half_width, rel=FLOOR_REL)
+
+    def words(self) -> str:
+        if self.deterministic:
+            return f"{self.name}: observed deterministic over {self.repeats} replays"
+        return (f"{self.name}: spread over {self.repeats} replays up to {self.max_range:.3g} "
+                f"(sd {self.max_sd:.3g}); allowed deviation {self.half_width:.3g}")
+
+
+def _floor(value: float) -> float:
+    return FLOOR_ABS + FLOOR_REL * math.fabs(value)
+
+
+def measure(replays: Sequence[Any], names: Sequence[str] | None = None
+            ) -> dict[str, MetricSpread]:
+    """The spread of each metric over the replays (``RunRecord``s, two or more), at the
+    steps all of them logged. Pure."""
+    if len(replays) < 2:
+        return {}
+    names = names or sorted(set.intersection(*(set(r.metrics) for r in replays)))
+    out = {}
+    for name in names:
+        curves = [keyed(r.metrics.get(name) or []) for r in replays]
+        common = set.intersection(*(set(c) for c in curves))
+        if not common:
+            continue
+        n = len(replays)
+        spread = MetricSpread(name, n, True, len(common))
+        for step in common:
+            values = [c[step] for c in curves]
+            finite = [v for v in values if math.isfinite(v)]
+            if len(finite) != n:
+                same = all(v == values[0] or (math.isnan(v) and math.isnan(values[0]))
+                           for v in values)
+                spread.deterministic &= same
+                spread.centre[step] = values[0]
+                continue
+            lo, hi = min(finite), max(finite)
+            if lo == hi:
+                spread.centre[step] = lo
+                spread.half_width = max(spread.half_width, _floor(lo))
+                continue
+            spread.deterministic = False
+            if n >= 3:
+                mean, sd = statistics.fmean(finite), statistics.stdev(finite)
+                half = K * sd + _floor(mean)
+                spread.max_sd = max(spread.max_sd, sd)
+            else:
+                mean, half = (lo + hi) / 2, (hi - lo) + _floor(hi)  # range/2 + range/2 margin
+            spread.centre[step] = mean
+            spread.max_range = max(spread.max_range, hi - lo)
+            spread.half_width = max(spread.half_width, half)
+        out[name] = spread
+    return out
+
+
+def tolerances(spreads: dict[str, MetricSpread]) -> dict[str, Tolerance]:
+    """The measured tolerance of each metric, for ``verdict.compare(measured=)``."""
+    return {name: s.tolerance for name, s in spreads.items()}
+
+
+def centre_record(first: Any, spreads: dict[str, MetricSpread]) -> Any:
+    """``first`` (a replay's ``RunRecord``) with each measured metric's curve replaced by
+    the replays' centre (mean, or the common value): what the original is judged against."""
+    import copy
+
+    out = copy.copy(first)
+    out.metrics = dict(first.metrics)
+    for name, s in spreads.items():
+        out.metrics[name] = [(step_order(k)[0], v) for k, v in
+                             sorted(s.centre.items(), key=lambda kv: step_order(kv[0]))]
+    return out
