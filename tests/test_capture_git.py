@@ -425,3 +425,20 @@ def test_masked_big_and_non_utf8_diffs_keep_no_planted_value(tmp_path):
     assert b"caf\xe9" in saved  # exact bytes, not base64, in the attachment
     assert PW_TRACKED.encode() not in saved and PW_DIFF.encode() not in saved
     assert hashlib.sha256(saved).hexdigest() == manifest["captures"]["git"]["diff_sha256"]
+
+
+def test_a_private_key_added_to_a_tracked_file_is_masked_to_its_last_line(tmp_path):
+    body = ["MIIEpAIBAAKCAQEAplantedKeyBodyLineOne0123456789abcdefghijklmnop",
+            "Zm9vYmFyYmF6cXV4plantedKeyBodyLineTwo0123456789abcdefghijklmnop"]
+    key = "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(body) + \
+          "\n-----END RSA PRIVATE KEY-----\n"
+    repo = make_repo(tmp_path / "r", {"deploy.py": "HOST = 'x'\n"})
+    (repo / "deploy.py").write_text(f"HOST = 'x'\nKEY = '''\n{key}'''\n")
+    artifacts = tmp_path / "artifacts"
+    collect(["git"], repo=str(repo), artifacts_dir=str(artifacts))
+    saved = (artifacts / "diff.patch").read_text()
+    assert all(line not in saved for line in body) and "planted" not in saved
+    assert "+-----END RSA PRIVATE KEY-----\n" in saved
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    git(clone, "apply", "--check", str(artifacts / "diff.patch"))

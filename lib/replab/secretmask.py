@@ -30,9 +30,16 @@ The rule for assignments (README, "What a run record masks"):
   the git attribute ``replab-no-mask`` (``.gitattributes`` or ``.git/info/attributes``) keeps
   all of them (the git capture checks it, see ``keep=``). Strong shapes are always masked.
 
-Speed: one compiled regex of the trigger words scans the whole text once (C speed); only lines
-holding a trigger are examined further, so a 14 MB diff costs about what one regex pass does.
-Regexes are compiled on first use, not at import (``replab capture`` starts fast).
+A private key added to a diff is masked whole: its BEGIN line and every added line after it
+up to its END line.
+
+Speed: of a diff, only the regions holding added lines are scanned (found by C-speed searches;
+removed and context lines cannot bring a new secret), by one regex per trigger literal, each
+starting with that literal so that the engine scans for it at C speed (a single regex of all
+the triggers, an alternation without a literal prefix, is tried at every position: several
+times slower than all these passes together). Only lines holding a trigger are examined
+further in Python. Regexes are compiled on first use, not at import (``replab capture``
+starts fast).
 """
 
 from __future__ import annotations
@@ -245,11 +252,14 @@ def _flag_pattern() -> re.Pattern:
 
 @functools.cache
 def _token_scans() -> tuple[re.Pattern, ...]:
-    # The token triggers grouped by their first two characters: one pass per group, each
-    # with a literal prefix (ghp_ gho_ ghu_ ghs_ ghr_ are one pass, not five).
+    # The token triggers grouped by their first character: one pass per group, each with a
+    # literal prefix (the GitHub and GitLab shapes are one pass, AKIA and ASIA another).
+    # Python's re scans for a literal prefix at C speed, and tries the rest only there; an
+    # alternation without one (all triggers in one regex) is tried at every position and
+    # costs more than all these passes together.
     groups: dict[str, list[str]] = {}
     for trigger in token_triggers():
-        groups.setdefault(trigger[:2], []).append(re.escape(trigger[2:]))
+        groups.setdefault(trigger[0], []).append(re.escape(trigger[1:]))
     return tuple(_re(re.escape(head) + _either(rests)) for head, rests in groups.items())
 
 
@@ -265,21 +275,58 @@ def _key_head() -> re.Pattern:
     return _re(r"[\w.\-$]*")
 
 
+# The ASCII characters _key_head matches: a word after any other ASCII character starts its
+# key. (\w is Unicode: after a non-ASCII character the regex decides.)
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-$")
+
+
 def _line_at(text: str, pos: int) -> tuple[int, int]:
     start = text.rfind("\n", 0, pos) + 1
     end = text.find("\n", pos)
     return start, len(text) if end < 0 else end
 
 
+_GAP = 8192  # added runs closer than this are scanned as one region (a call per region)
+_MAX_RUNS = 20000  # a diff of more, shorter runs is scanned whole past that many
+
+
+def _added_regions(diff: str) -> list[tuple[int, int]]:
+    """Spans of ``diff`` that hold every line it adds ('+' first), each from the newline
+    before a run of such lines to the newline after it, found by C-speed searches (one
+    pass over the diff in all); runs closer than ``_GAP`` merge. Removed and context lines
+    outside them are never scanned: only added lines can bring a new secret."""
+    n = len(diff)
+    run_end = _re(r"\n(?!\+)")
+    regions: list[tuple[int, int]] = []
+    pos = 0 if diff.startswith("+") else diff.find("\n+")
+    runs = 0
+    while pos >= 0:
+        m = run_end.search(diff, pos + 1)
+        end = n if m is None else m.start()
+        if regions and pos - regions[-1][1] < _GAP:
+            regions[-1] = (regions[-1][0], end)
+        else:
+            regions.append((pos, end))
+        runs += 1
+        if m is None or runs >= _MAX_RUNS:
+            if m is not None:
+                regions[-1] = (regions[-1][0], n)
+            break
+        pos = diff.find("\n+", end)
+    return regions
+
+
 def _candidates(text: str, diff: bool) -> list[tuple[int, int, bool, bool]]:
     """The lines worth a closer look, in order: (start, end, strong, assign). ``strong``:
     the line holds a token trigger or a URL with a user; ``assign``: a secret key followed by
-    a separator. ``diff``: only lines starting with '+'.
+    a separator. ``diff``: only lines starting with '+', and only the regions holding them
+    (:func:`_added_regions`) are scanned.
 
-    One C-speed regex search per trigger word over the whole (lower-cased) text, stopping only
-    where a separator follows the word; the Python work per stop is a few calls, and the full
-    assignment regex runs only on lines whose key passes :func:`secret_key`."""
+    One C-speed regex search per trigger word over the scanned (lower-cased) text, stopping
+    only where a separator follows the word; the Python work per stop is a few calls, and the
+    full assignment regex runs only on lines whose key passes :func:`secret_key`."""
     found: dict[int, list] = {}
+    regions = _added_regions(text) if diff else [(0, len(text))]
 
     def line(pos: int) -> tuple[int, int] | None:
         start, end = _line_at(text, pos)
@@ -287,7 +334,8 @@ def _candidates(text: str, diff: bool) -> list[tuple[int, int, bool, bool]]:
             return None
         return start, end
 
-    hits = [m.start() for p in (_url_with_user(), *_token_scans()) for m in p.finditer(text)]
+    hits = [m.start() for p in (_url_with_user(), *_token_scans()) for lo, hi in regions
+            for m in p.finditer(text, lo, hi)]
     for pos in hits:
         if (span := line(pos)) is not None:
             found.setdefault(span[0], [span[1], False, False])[1] = True
@@ -300,11 +348,12 @@ def _candidates(text: str, diff: bool) -> list[tuple[int, int, bool, bool]]:
     head = _key_head()  # matched on the reversed text before a hit: linear, not quadratic
     matches = [p if not flags else _re(p.pattern, flags) for p in _word_patterns()]
     flag_re = _flag_pattern() if not flags else _re(_flag_pattern().pattern, flags)
-    for pattern in (*matches, flag_re):
+    rfind, key_chars = text.rfind, _KEY_CHARS
+    for pattern, (lo_region, hi_region) in ((p, r) for p in (*matches, flag_re) for r in regions):
         is_flag = pattern is flag_re
-        for m in pattern.finditer(low):
-            pos = m.start()
-            start = text.rfind("\n", 0, pos) + 1
+        for m in pattern.finditer(low, lo_region, hi_region):
+            pos, stop = m.span()
+            start = rfind("\n", 0, pos) + 1
             if diff and text[start] != "+":
                 continue
             entry = found.get(start)
@@ -313,10 +362,12 @@ def _candidates(text: str, diff: bool) -> list[tuple[int, int, bool, bool]]:
             if is_flag:
                 if pos and (low[pos - 1].isalnum() or low[pos - 1] in "_-"):
                     continue
-                key = text[pos:m.end()]
+                key = text[pos:stop]
+            elif pos == start or (text[pos - 1] < "\x80" and text[pos - 1] not in key_chars):
+                key = text[pos:stop]  # the word starts the key: no head to look back for
             else:
                 lo = max(start, pos - 80)
-                key = text[pos - head.match(text[lo:pos][::-1]).end():m.end()]
+                key = text[pos - head.match(text[lo:pos][::-1]).end():stop]
             if secret_key(key.strip("-$\\\"'] \t=:?+")):
                 if entry is None:
                     end = text.find("\n", pos)
@@ -401,10 +452,11 @@ def mask_added_lines(diff: str, keep: Collection[str] = ()) -> MaskedDiff:
     paths: list[str] = []
     files: list[str] = []
     last = changed = 0
+    key_end = -1  # the end of the private key block masked last
     for start, end, strong, assign in _candidates(diff, diff=True):
         i = bisect_right(starts, start) - 1
-        if i < 0 or info[i][0] < 0 or start < info[i][0]:
-            continue  # a header line (+++ b/...), not an added one
+        if i < 0 or info[i][0] < 0 or start < info[i][0] or start < key_end:
+            continue  # a header line (+++ b/...), not an added one; or masked already
         path = info[i][1]
         line = diff[start + 1:end]
         new = redact_credentials(line) if strong else line
@@ -414,17 +466,45 @@ def mask_added_lines(diff: str, keep: Collection[str] = ()) -> MaskedDiff:
                 new = assigned
                 if not paths or paths[-1] != path:
                     paths.append(path)
-        if new != line:
-            out += (diff[last:start + 1], new)
-            last = end
+        edits = [(start, end, new)] if new != line else []
+        if strong and _key_begin().search(line) and not _key_end().search(line):
+            body = _key_body(diff, end)  # the lines of the key, up to its END line
+            edits += [(s, e, mask(diff[s + 1:e])) for s, e in body]
+            key_end = body[-1][1] if body else key_end
+        for s, e, text in edits:
+            out += (diff[last:s + 1], text)
+            last = e
             changed += 1
-            if not files or files[-1] != path:
-                files.append(path)
+        if edits and (not files or files[-1] != path):
+            files.append(path)
     if not changed:
         return MaskedDiff(diff, 0, ())
     out.append(diff[last:])
     return MaskedDiff("".join(out), changed, tuple(dict.fromkeys(paths)),
                       tuple(dict.fromkeys(files)))
+
+
+def _key_begin() -> re.Pattern:
+    return _re(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+def _key_end() -> re.Pattern:
+    return _re(r"-----END [A-Z ]*PRIVATE KEY-----")
+
+
+def _key_body(diff: str, pos: int) -> list[tuple[int, int]]:
+    """The added lines after ``pos`` (the end of a line that begins a private key) up to
+    the key's END line, as (start, end) spans: the key itself, which the BEGIN line's mask
+    does not cover. Stops at a line that is not added."""
+    spans: list[tuple[int, int]] = []
+    while diff.startswith("\n+", pos):
+        start, end = pos + 1, diff.find("\n", pos + 1)
+        end = len(diff) if end < 0 else end
+        if _key_end().search(diff, start, end):
+            break
+        spans.append((start, end))
+        pos = end
+    return spans
 
 
 def _postimage(data: bytes, hunks: str) -> bytes | None:
