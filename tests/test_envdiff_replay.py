@@ -19,7 +19,7 @@ import pytest
 
 from replab.envdiff import REPLAB_ENV, env_diff, hazards, matches, rank
 from replab.runner import CHILD_DIR
-from tests.gitrepo import make_repo
+from tests.gitrepo import make_repo, train_example
 
 PROGRAM = {"train.py": "print('training')\n"}
 
@@ -154,3 +154,39 @@ def test_a_real_other_interpreter_is_a_difference(tmp_path):
     b = capture(other, repo, env)
     versions = [d for d in env_diff(a, b) if (d.layer, d.key) == ("python", "version")]
     assert versions and versions[0].weight == 70
+
+
+def test_a_faithful_replay_of_a_clean_committed_run_lists_only_hazards(tracking_uri,
+                                                                         tmp_path):
+    """End to end: the digits example, committed and seeded, replayed by replab."""
+    from replab import replay
+
+    src = Path(__file__).resolve().parents[1] / "examples" / "digits"
+    repo = make_repo(tmp_path / "digits", {p.name: p.read_text() for p in src.glob("*.py")})
+    original = train_example(repo, tracking_uri, "--seed", "3", "--epochs", "2")
+    result = replay.replay_run(original, repo=repo, workdir=tmp_path / "wd")
+    ranked = result.verdict.differences
+    assert [d for d in ranked if d.kind != "hazard"] == [], [
+        (d.layer, d.key, d.a, d.b) for d in ranked]
+    assert not [d for d in ranked if d.layer == "params"]  # the example seeds its estimator
+
+
+def test_a_fresh_detached_clone_of_the_same_commit_is_the_same_code(tmp_path):
+    from tests.gitrepo import git
+
+    repo = make_repo(tmp_path / "proj", PROGRAM, remote="https://example.org/u/proj.git")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    git(clone, "checkout", "-q", "--detach", "HEAD")
+    env = _clean_environ()
+    a, b = capture(sys.executable, repo, env), capture(sys.executable, clone, env)
+    ga, gb = a["captures"]["git"], b["captures"]["git"]
+    assert ga["commit"] == gb["commit"] and (ga["branch"], gb["detached"]) == ("main", True)
+    assert ga["remote_url"] != gb["remote_url"]
+    assert [d for d in env_diff(a, b) if d.layer == "code"] == []
+    # another commit: then the branch and the checkout tell where it came from
+    (clone / "train.py").write_text("print('changed')\n")
+    git(clone, "-c", "user.email=t@example.org", "-c", "user.name=T", "commit", "-qam", "x")
+    keys = {d.key for d in env_diff(a, capture(sys.executable, clone, env))
+            if d.layer == "code"}
+    assert {"commit", "branch", "detached", "remote_url"} <= keys

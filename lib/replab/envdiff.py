@@ -14,12 +14,14 @@ key pattern match (``*`` matches anything, nothing else is special). Weights run
 A replay measures the program, not replab, so the diff leaves out what replab itself sets or
 chooses: the variables of :data:`REPLAB_ENV` (``REPLAB_*``; ``MLFLOW_RUN_ID``,
 ``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``, ``MLFLOW_EXPERIMENT_ID``: where a run is
-logged, not what it computes), replab's own ``_child`` directory in ``PYTHONPATH``, and the
-location of the interpreter. When both runs have the same Python version and implementation,
-each run's interpreter prefix, virtualenv and executable compare equal inside environment
-values (``PATH``, ``LD_LIBRARY_PATH``, ...), ``PATH`` entries and a ``VIRTUAL_ENV`` naming
-them are dropped: a replay venv built under replab's cache (or any venv moved elsewhere) is
-not a difference. Another Python version still is, and then so are those paths.
+logged, not what it computes); replab's own ``_child`` directory in ``PYTHONPATH``; how the
+code was checked out (branch, detached head, remote, upstream) when both runs have the same
+commit, since a replay checks that commit out of a fresh clone; and the location of the
+interpreter. When both runs have the same Python version and implementation, each run's
+interpreter prefix, virtualenv and executable compare equal inside environment values
+(``PATH``, ``LD_LIBRARY_PATH``, ...), and ``PATH`` entries and a ``VIRTUAL_ENV`` naming them
+are dropped: a replay venv built under replab's cache (or any venv moved elsewhere) is not a
+difference. Another Python version still is, and then so are those paths.
 
 First matching rule wins (the order below is :data:`RULES`' order):
 
@@ -282,6 +284,7 @@ REPLAB_ENV = ("REPLAB_*", "MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERI
               "MLFLOW_EXPERIMENT_ID")
 _SEARCH_PATHS = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH")
 _CHILD_DIR = re.compile(r"(?:^|[/\\])replab[/\\]_child[/\\]?\Z")  # replab run's sitecustomize
+_CHECKOUT = ("branch", "detached", "remote", "remote_url", "upstream")  # names, not content
 _SLASHES = "/\\"
 _HERE = "<python>"  # a run's own interpreter location, in compared values
 
@@ -444,7 +447,11 @@ def env_diff(manifest_a: Mapping[str, Any] | None,
                 out.append(_make(layer.name, "(capture)", state_a, state_b, "changed"))
                 continue
         a, b = layer_values(manifest_a, layer), layer_values(manifest_b, layer)
+        same_commit = layer.name == "code" and a.get("commit") is not None and \
+            a.get("commit") == b.get("commit")
         for key in sorted(set(a) | set(b)):
+            if same_commit and key in _CHECKOUT:
+                continue  # a replay checks the same commit out of a fresh clone
             if layer.name == "env" and key in covered:
                 continue  # compared in the determinism layer
             va, vb = a.get(key, MISSING), b.get(key, MISSING)
