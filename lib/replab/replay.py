@@ -277,7 +277,8 @@ def replay_run(run_or_bundle: str, *, experiment: str | None = None,
         runs.append((ws, ex, verdict_mod.fetch_record(client, ex.new_run_id)))
     ws, ex, new = runs[0]
     original = source.record()
-    spreads = spread_mod.measure([r for _, _, r in runs]) if len(runs) > 1 else {}
+    spreads = spread_mod.measure([r for _, _, r in runs],
+                                 ignore=verdict_mod.IGNORED_METRICS) if len(runs) > 1 else {}
     judged = spread_mod.centre_record(new, spreads) if spreads else new
     v = verdict_mod.compare(original, judged, tolerances,
                             measured=spread_mod.tolerances(spreads))

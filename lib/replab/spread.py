@@ -63,13 +63,16 @@ def _floor(value: float) -> float:
     return FLOOR_ABS + FLOOR_REL * math.fabs(value)
 
 
-def measure(replays: Sequence[Any], names: Sequence[str] | None = None
-            ) -> dict[str, MetricSpread]:
+def measure(replays: Sequence[Any], names: Sequence[str] | None = None,
+            ignore: Sequence[str] = ()) -> dict[str, MetricSpread]:
     """The spread of each metric over the replays (``RunRecord``s, two or more), at the
-    steps all of them logged. Pure."""
+    steps all of them logged; names matching an ``ignore`` pattern left out. Pure."""
+    from .difference import matches
+
     if len(replays) < 2:
         return {}
-    names = names or sorted(set.intersection(*(set(r.metrics) for r in replays)))
+    names = [n for n in names or sorted(set.intersection(*(set(r.metrics) for r in replays)))
+             if not matches(tuple(ignore), n)]
     out = {}
     for name in names:
         curves = [keyed(r.metrics.get(name) or []) for r in replays]
