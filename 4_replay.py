@@ -16,8 +16,11 @@
 # shows its record, how this machine differs from the environment it ran in, then
 # re-executes it: the repository at the recorded commit, the uncommitted diff and untracked
 # files restored, the environment reused or rebuilt from the lock. It ends with a verdict:
-# **REPRODUCED**, **REPRODUCED_WITHIN_TOLERANCE**, **NOT_REPRODUCED** or **INCOMPLETE**,
-# and the environment differences ranked by how likely they are to explain a mismatch.
+# **REPRODUCED**, **REPRODUCED_WITHIN_TOLERANCE**, **NOT_REPRODUCED**, **NOT_FAITHFUL** (the
+# replay did not run the original's experiment) or **INCOMPLETE** (not enough evidence),
+# naming what it compared (metrics, printed lines, output files), and the environment
+# differences ranked by how likely they are to explain a mismatch. With `repeats` of 3 or
+# more the original is judged against the measured run-to-run spread.
 #
 # With `browse_only = True` nothing is executed: use it to look at someone else's runs
 # read-only, from their tracking server or from a bundle they exported
@@ -31,6 +34,7 @@ tracking_uri: str = ""  # MLflow server (default: the lab's, from lab.json)
 repo: str = ""  # clone this path or URL instead of the recorded remote
 rebuild_env: str = "auto"  # auto (when the lock differs), always, or never
 allow_missing: bool = False  # go on when untracked files were not captured
+repeats: int = 1  # replay this many times and judge against the measured spread
 browse_only: bool = False  # show the record and the diff only; replay nothing
 
 # %%
@@ -52,8 +56,8 @@ display(Markdown(replay.diff_here_markdown(source)))
 
 # %%
 if not browse_only:
-    result = replay.replay_run(target.run, experiment=target.experiment,
-                               tracking_uri=target.uri, repo=repo or None, workdir=workdir,
+    result = replay.replay_run(source, tracking_uri=target.uri, repo=repo or None,
+                               workdir=workdir, repeats=repeats,
                                rebuild_env={"auto": None, "always": True, "never": False}[
                                    rebuild_env], allow_missing=allow_missing, progress=print)
     display(HTML(result.report["report.html"].read_text()))

@@ -149,6 +149,16 @@ def test_unseeded_randomness_is_ranked_first_and_repeats_measure_the_spread(trac
     assert measured and {m.name for m in measured} == set(rep.spreads)
     assert any("judged against 3 replays" in n for n in rep.verdict.notes)
     assert rep.verdict.verdict is not verdict.Outcome.NOT_FAITHFUL
+    assert (Path(rep.report["report.html"]).read_text().count("data:image/png") ==
+            len(rep.verdict.metrics))
+    # verify over existing runs does the same: the original against the three replays
+    ids = [e.new_run_id for e in rep.repeats]
+    out = _cli("verify", original, *ids, "--tracking-uri", tracking_uri, cwd=repo)
+    v3, _, _ = replay.verify(original, *ids, tracking_uri=tracking_uri)
+    assert {m.name for m in v3.metrics if m.tolerance_from == "measured spread"} == \
+        set(rep.spreads)
+    assert out.returncode == v3.exit_code() and out.stdout.startswith(
+        f"verdict: {v3.verdict.value}")
 
 
 def test_no_autolog_is_recorded_and_honoured(tracking_uri, tmp_path):

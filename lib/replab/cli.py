@@ -40,7 +40,10 @@ def _absolute_args(args: argparse.Namespace) -> None:
 
     for name, value in vars(args).items():
         kind = "run" if name in _RUN_ARGS else ("workdir" if name == "path" else name)
-        if parampaths.is_path(kind, value):
+        if isinstance(value, list) and name in _RUN_ARGS:  # verify's several replays
+            setattr(args, name, [parampaths.absolute(v) if parampaths.is_path(kind, v) else v
+                                 for v in value])
+        elif parampaths.is_path(kind, value):
             setattr(args, name, parampaths.absolute(value))
 
 
@@ -287,8 +290,8 @@ def _cmd_replay(args) -> int:
 def _cmd_verify(args) -> int:
     from . import replay
 
-    uri = _server(args, required=not _bundles_only(args.original, args.replay))
-    v, _a, _b = replay.verify(args.original, args.replay, tracking_uri=uri)
+    uri = _server(args, required=not _bundles_only(args.original, *args.replay))
+    v, _a, _b = replay.verify(args.original, *args.replay, tracking_uri=uri)
     return _print_verdict(v, args.strict)
 
 

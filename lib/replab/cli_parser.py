@@ -209,10 +209,14 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]],
                   "faithful replay of the first; print the verdict and why. Two bundles need "
                   "no server. " + _SERVER,
                   ["replab verify ORIGINAL_ID REPLAY_ID --workdir work",
-                   "replab verify original.tar.gz replay.tar.gz"], [0, 1, 2, 3, 4, 5, 6, 7],
+                   "replab verify original.tar.gz replay.tar.gz",
+                   "replab verify ORIGINAL_ID REPLAY_1 REPLAY_2 REPLAY_3"],
+                  [0, 1, 2, 3, 4, 5, 6, 7],
                   handlers["verify"])
     vf.add_argument("original", help="the original run: id or bundle file")
-    vf.add_argument("replay", help="the replay: id or bundle file")
+    vf.add_argument("replay", nargs="+",
+                    help="the replay: id or bundle file; several: their measured spread judges "
+                         "the original")
     vf.add_argument("--strict", action="store_true",
                     help="exit 7 when the verdict passes only on an assumed tolerance")
     _server_options(vf)

@@ -231,12 +231,13 @@ def record_of(source: Source):
     return source.record()
 
 
-def replay_run(run_or_bundle: str, *, experiment: str | None = None,
+def replay_run(run_or_bundle: str | Source, *, experiment: str | None = None,
                tracking_uri: str | None = None, repo: str | os.PathLike | None = None,
                workdir: str | os.PathLike = "work", rebuild_env: bool | None = None,
                allow_missing: bool = False, tolerances=None, repeats: int = 1,
                progress: Say | None = None) -> ReplayResult:
-    """Replay a run (id, ``latest`` with ``experiment``, or a bundle file) and judge it.
+    """Replay a run (id, ``latest`` with ``experiment``, a bundle file, or a
+    :class:`Source` already loaded: it is not fetched again) and judge it.
 
     The new run is logged to ``tracking_uri`` (default: MLFLOW_TRACKING_URI), tagged as a
     replay of the original; the verdict report goes to ``<workdir>/replays/<run>-<stamp>/``
@@ -253,7 +254,8 @@ def replay_run(run_or_bundle: str, *, experiment: str | None = None,
         raise ConfigError([("repeats", f"{repeats} is not 1 or more (how many times to "
                                        "replay the run)")])
     say = progress or (lambda _m: None)
-    source = load(run_or_bundle, experiment=experiment, tracking_uri=tracking_uri)
+    source = run_or_bundle if isinstance(run_or_bundle, Source) else load(
+        run_or_bundle, experiment=experiment, tracking_uri=tracking_uri)
     say(f"replaying run {source.run_id} from {source.origin}")
     uri = trackingserver.resolve(tracking_uri)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -286,7 +288,8 @@ def replay_run(run_or_bundle: str, *, experiment: str | None = None,
         v.notes.append(f"judged against {len(runs)} replays ({spread_mod.RULE}): "
                        + "; ".join(s.words() for s in spreads.values()))
         v.notes.append("replay runs: " + ", ".join(e.new_run_id for _, e, _ in runs))
-    paths = report_mod.write_report(v, original, new, base / "report")
+    paths = report_mod.write_report(v, original, judged, base / "report",
+                                    [r for _, _, r in runs] if spreads else ())
     try:
         report_mod.log_report(client, ex.new_run_id, paths, v)
     except Exception as exc:  # the report is on disk; the server may refuse big artifacts
@@ -331,12 +334,23 @@ def _record(run_or_bundle: str, tracking_uri: str | None):
     return verdict_mod.fetch_record(_client(tracking_uri), run_or_bundle)
 
 
-def verify(run_a: str, run_b: str, *, tracking_uri: str | None = None, tolerances=None):
-    """The verdict of two existing runs (ids or bundle files), ``run_a`` the original."""
+def verify(run_a: str, run_b: str, *more: str, tracking_uri: str | None = None,
+           tolerances=None):
+    """The verdict of existing runs (ids or bundle files), ``run_a`` the original. With
+    ``more`` replays, their spread is measured (:mod:`replab.spread`) and the original judged
+    against it. Returns ``(verdict, original record, judged replay record)``."""
+    from . import spread as spread_mod
     from . import verdict as verdict_mod
 
-    a, b = _record(run_a, tracking_uri), _record(run_b, tracking_uri)
-    return verdict_mod.compare(a, b, tolerances), a, b
+    a = _record(run_a, tracking_uri)
+    replays = [_record(r, tracking_uri) for r in (run_b, *more)]
+    spreads = spread_mod.measure(replays, ignore=verdict_mod.IGNORED_METRICS) if more else {}
+    b = spread_mod.centre_record(replays[0], spreads) if spreads else replays[0]
+    v = verdict_mod.compare(a, b, tolerances, measured=spread_mod.tolerances(spreads))
+    if spreads:
+        v.notes.append(f"judged against {len(replays)} runs ({spread_mod.RULE}): "
+                       + "; ".join(s.words() for s in spreads.values()))
+    return v, a, b
 
 
 def diff(run_a: str, run_b: str, *, tracking_uri: str | None = None) -> list:

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,11 @@ log = logging.getLogger(__name__)
 
 # -- the report ----------------------------------------------------------------------------
 def plot_png(name: str, original: Points | None, replay: Points | None,
-             tolerance: Tolerance | None = None, subtitle: str = "") -> bytes:
-    """A PNG of one metric: both curves overlaid, and replay - original below with the
-    tolerance band. Raises ImportError without matplotlib."""
+             tolerance: Tolerance | None = None, subtitle: str = "",
+             repeats: Sequence[Points] = ()) -> bytes:
+    """A PNG of one metric: both curves overlaid (with ``repeats``: each repeated replay
+    thin and grey, ``replay`` their centre), and replay - original below with the tolerance
+    band. Raises ImportError without matplotlib."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -52,8 +54,13 @@ def plot_png(name: str, original: Points | None, replay: Points | None,
     few = max(len(xa), len(xb)) <= 60
     top.plot(xa, ya, color="#1f77b4", lw=2.4, alpha=0.75, label="original",
              marker="o" if few else None, ms=4)
-    top.plot(xb, yb, color="#d62728", lw=1.3, ls="--", label="replay",
-             marker="x" if few else None, ms=5)
+    for i, pts in enumerate(repeats):
+        xr, yr = xy(pts)
+        top.plot(xr, yr, color="#999999", lw=0.8, alpha=0.7,
+                 label=f"{len(repeats)} replays" if i == 0 else None)
+    top.plot(xb, yb, color="#d62728", lw=1.3, ls="--",
+             label="replays' centre" if repeats else "replay", marker="x" if few else None,
+             ms=5)
     top.set_title(f"{name}\n{subtitle}" if subtitle else name, fontsize=10)
     top.xaxis.set_major_locator(MaxNLocator(integer=True))
     top.set_ylabel("value")
@@ -84,14 +91,17 @@ def plot_png(name: str, original: Points | None, replay: Points | None,
     return buf.getvalue()
 
 
-def _plots(verdict: Verdict, original: RunRecord, replay: RunRecord) -> dict[str, bytes]:
+def _plots(verdict: Verdict, original: RunRecord, replay: RunRecord,
+           repeats: Sequence[RunRecord] = ()) -> dict[str, bytes]:
     images: dict[str, bytes] = {}
     for row in verdict.metrics:
         try:
             subtitle = (f"{row.status.value.replace('_', ' ')}: max abs {num(row.max_abs)}, "
                         f"max rel {pct(row.max_rel)} (tolerance {row.tolerance})")
-            images[row.name] = plot_png(row.name, original.metrics.get(row.name),
-                                        replay.metrics.get(row.name), row.tolerance, subtitle)
+            images[row.name] = plot_png(
+                row.name, original.metrics.get(row.name), replay.metrics.get(row.name),
+                row.tolerance, subtitle,
+                [r.metrics[row.name] for r in repeats if row.name in r.metrics])
         except ImportError:
             log.warning("matplotlib is not installed: the report has no plots "
                         "(pip install matplotlib)")
@@ -299,11 +309,13 @@ def verdict_json(verdict: Verdict) -> str:
 
 
 def write_report(verdict: Verdict, original: RunRecord, replay: RunRecord,
-                 directory: str | Path) -> dict[str, Path]:
+                 directory: str | Path, repeats: Sequence[RunRecord] = ()) -> dict[str, Path]:
     """Write ``report.md``, ``report.html``, ``verdict.json`` and ``plots/<metric>.png`` into
-    ``directory``; returns ``{relative name: path}``. Raises OSError when it cannot write."""
+    ``directory``; returns ``{relative name: path}``. ``repeats``: the repeated replays whose
+    spread judged the original (``replay`` is then their centre), drawn in the plots. Raises
+    OSError when it cannot write."""
     root = Path(directory)
-    images = _plots(verdict, original, replay)
+    images = _plots(verdict, original, replay, repeats)
     paths: dict[str, Path] = {}
     links: dict[str, str] = {}
     taken: set[str] = set()
