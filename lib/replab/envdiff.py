@@ -264,6 +264,10 @@ def _packages(pkgs: Mapping[str, Any]) -> dict[str, Any]:
 
 def _entrypoint(entry: Mapping[str, Any]) -> dict[str, Any]:
     data = dict(entry)
+    cmd = data.get("command")
+    if isinstance(cmd, list) and cmd and str(cmd[0]).rsplit("/", 1)[-1].startswith("python"):
+        # a replay runs `python ...` with the interpreter it chose (replab.replayexec)
+        data["command"] = ["python", *cmd[1:]]
     if isinstance(data.get("source"), str):  # a notebook: its code, not its saved outputs
         data["code_sha256"] = _sha(data["source"])
         data.pop("sha256", None)

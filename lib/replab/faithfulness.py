@@ -159,12 +159,22 @@ def _input_key(value: Any) -> Any:
     return value
 
 
+def _input_map(items: Any) -> dict[str, Any] | None:
+    """``{name: item}`` of an inputs capture (a list of items; a mapping in older ones)."""
+    if isinstance(items, Mapping):
+        return {str(k): v for k, v in items.items()}
+    if not isinstance(items, list):
+        return None
+    return {str(i.get("name") or i.get("path") or i.get("uri") or "?"): i
+            for i in items if isinstance(i, Mapping)}
+
+
 def _inputs(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Unfaithful]:
-    ia, ib = a.get("inputs"), b.get("inputs")
-    if not isinstance(ia, Mapping) or not isinstance(ib, Mapping):
+    ia, ib = _input_map(a.get("inputs")), _input_map(b.get("inputs"))
+    if ia is None or ib is None:
         return []
     return [Unfaithful("inputs", str(k), _input_key(ia.get(k)), _input_key(ib.get(k)))
-            for k in sorted(set(ia) | set(ib), key=str)
+            for k in sorted(set(ia) | set(ib))
             if _input_key(ia.get(k)) != _input_key(ib.get(k))]
 
 

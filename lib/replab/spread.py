@@ -2,18 +2,22 @@
 replays (``replab replay --repeats N``, or ``verify`` over several runs), and the original
 judged against it.
 
-The rule, stated in every report that uses it (:data:`RULE`): at each step, with the
-replays' values ``v1..vN``,
+The rule, stated in every report that uses it (:data:`RULE`): the original is judged as
+one more draw from the distribution the N replays sample. At each step, with the replays'
+values ``v1..vN`` (mean ``m``, sample standard deviation ``sd``):
 
 - all ``vi`` identical: the metric is *observed deterministic*; the original must equal
-  them (within the same-stack floor below when the profile is not bit-for-bit);
-- N >= 3: the original must lie within ``K`` standard deviations of the replays' mean
-  (``|a - mean| <= K * sd + floor``, ``K = 3``);
-- N = 2: within the replays' range widened by half its width on each side (``+ floor``).
+  them (up to the float-formatting floor below);
+- otherwise the original must lie in the 99% prediction interval of a new draw,
+  ``|a - m| <= t(0.995, N-1) * sd * sqrt(1 + 1/N) + floor`` (Student's t, as for any
+  prediction from a small sample: with N = 3, t = 9.92, so three repeats give a wide interval
+  and more repeats a tighter one; N = 10 gives t = 3.25).
 
+With several metrics and steps, a few per cent of faithful replays of an unseeded program
+fall outside somewhere by chance (1% per independent point); the report names the points.
 ``floor`` is ``abs 1e-12`` plus ``rel 1e-9`` of the value: float formatting noise, not a
-tolerance. The measured half-widths become the metric's tolerance in the verdict
-(``tolerance_from`` = "measured spread"), largest over the steps.
+tolerance. The widest allowed deviation over the steps becomes the metric's tolerance in the
+verdict (``tolerance_from`` = "measured spread").
 
 Pure functions of the records; only the standard library is imported.
 """
@@ -29,10 +33,18 @@ from typing import Any
 from .metriccurves import keyed, step_order
 from .tolerances import Tolerance
 
-K = 3.0
 FLOOR_ABS, FLOOR_REL = 1e-12, 1e-9
-RULE = (f"replays identical: the original must equal them; N >= 3: |original - mean| <= "
-        f"{K:g} sd; N = 2: within the replays' range widened by half its width")
+# Student's t, two-sided 99% (the 0.995 quantile), by degrees of freedom; beyond: the normal
+_T995 = (63.657, 9.925, 5.841, 4.604, 4.032, 3.707, 3.499, 3.355, 3.250, 3.169, 3.106, 3.055,
+         3.012, 2.977, 2.947, 2.921, 2.898, 2.878, 2.861, 2.845, 2.831, 2.819, 2.807, 2.797,
+         2.787, 2.779, 2.771, 2.763, 2.756, 2.750)
+RULE = ("replays identical: the original must equal them; else within the 99% prediction "
+        "interval of a new draw, mean +- t(0.995, N-1) * sd * sqrt(1 + 1/N)")
+
+
+def t995(df: int) -> float:
+    """Student's t 0.995 quantile for ``df`` degrees of freedom (df >= 1)."""
+    return _T995[df - 1] if df <= len(_T995) else 2.576
 
 
 @dataclass
@@ -96,12 +108,9 @@ def measure(replays: Sequence[Any], names: Sequence[str] | None = None,
                 spread.half_width = max(spread.half_width, _floor(lo))
                 continue
             spread.deterministic = False
-            if n >= 3:
-                mean, sd = statistics.fmean(finite), statistics.stdev(finite)
-                half = K * sd + _floor(mean)
-                spread.max_sd = max(spread.max_sd, sd)
-            else:
-                mean, half = (lo + hi) / 2, (hi - lo) + _floor(hi)  # range/2 + range/2 margin
+            mean, sd = statistics.fmean(finite), statistics.stdev(finite)
+            half = t995(n - 1) * sd * math.sqrt(1 + 1 / n) + _floor(mean)
+            spread.max_sd = max(spread.max_sd, sd)
             spread.centre[step] = mean
             spread.max_range = max(spread.max_range, hi - lo)
             spread.half_width = max(spread.half_width, half)
