@@ -183,8 +183,8 @@ def _evidence_sections(verdict: Verdict) -> list[tuple[str, str, list[str], list
     ev = verdict.evidence
     exits = (f"; exit codes {ev.exit_codes[0]} vs {ev.exit_codes[1]} (not evidence on their "
              "own)") if ev.exit_codes else ""
-    assumed = (" The tolerance is assumed, not measured (unverified spread): replay with "
-               "--repeats 3." if verdict.tolerance_assumed else "")
+    assumed = (f" The tolerance of {', '.join(verdict.assumed_for)} is assumed, not measured "
+               "(unverified spread)." if verdict.tolerance_assumed else "")
     out.append(("Evidence", f"Compared {ev.words()}{exits}.{assumed}"
                 + (f" {verdict.incomplete_reason}." if verdict.incomplete_reason else ""),
                 [], []))

@@ -132,12 +132,18 @@ class Verdict:
     evidence: Evidence = field(default_factory=Evidence)
     printed: list[outputs.PrintedComparison] = field(default_factory=list)
     files: list[outputs.FileComparison] = field(default_factory=list)
-    tolerance_assumed: bool = False  # a default tolerance no measurement backs (statistical)
+    assumed_for: list[str] = field(default_factory=list)  # passed on an assumed tolerance
     incomplete_reason: str = ""
 
     @property
     def reproduced(self) -> bool:
         return self.verdict in (Outcome.REPRODUCED, Outcome.REPRODUCED_WITHIN_TOLERANCE)
+
+    @property
+    def tolerance_assumed(self) -> bool:
+        """A value passed only on the statistical default tolerance, which nothing
+        measured."""
+        return bool(self.assumed_for)
 
     @property
     def params(self) -> list[Unfaithful]:
@@ -154,7 +160,7 @@ class Verdict:
         return {"verdict": self.verdict.value, "original_id": self.original_id,
                 "replay_id": self.replay_id, "profile": self.profile,
                 "profile_reasons": self.profile_reasons, "tolerance": asdict(self.tolerance),
-                "tolerance_assumed": self.tolerance_assumed,
+                "tolerance_assumed": self.tolerance_assumed, "assumed_for": self.assumed_for,
                 "evidence": self.evidence.to_dict(),
                 "metrics": [m.to_dict() for m in self.metrics],
                 "unfaithful": [u.to_dict() for u in self.unfaithful],
@@ -226,16 +232,18 @@ def _outcome(rows: list[MetricComparison], printed, files, exits, unfaithful_ite
 
 
 def _assumed(profile: str, default_from: str, rows: list[MetricComparison], printed,
-             files) -> bool:
-    """Whether a value passed only thanks to the statistical profile's default tolerance,
-    which nothing measured."""
+             files) -> list[str]:
+    """What passed only thanks to the statistical profile's default tolerance, which nothing
+    measured: metric names, ``printed <stream>``, ``output files``."""
     if profile != STATISTICAL:
-        return False
-    by_default = default_from.endswith("profile")
-    return any(r.status is MetricStatus.WITHIN_TOLERANCE and r.tolerance_from.endswith(
-        "profile") for r in rows) or by_default and (
-        any(p.status == outputs.WITHIN for p in printed)
-        or any(f.status == outputs.WITHIN for f in files))
+        return []
+    out = [r.name for r in rows if r.status is MetricStatus.WITHIN_TOLERANCE
+           and r.tolerance_from.endswith("profile")]
+    if default_from.endswith("profile"):
+        out += [f"printed {p.stream}" for p in printed if p.status == outputs.WITHIN]
+        if any(f.status == outputs.WITHIN for f in files):
+            out.append("output files")
+    return out
 
 
 def compare(original: RunRecord, replay: RunRecord,

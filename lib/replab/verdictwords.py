@@ -142,8 +142,13 @@ def explain(verdict: Any) -> str:
                      f"{_tolerance_words(worst)}")
         out.append(text + ".")
         if verdict.tolerance_assumed:
-            out.append("The tolerance is assumed, not measured (unverified spread): replay "
-                       "with --repeats 3 to measure it; --strict fails this verdict.")
+            what = ", ".join(verdict.assumed_for)
+            how = ("printed numbers and output files are compared with it even after "
+                   "--repeats" if all(a.startswith(("printed", "output")) for a in
+                                      verdict.assumed_for) else
+                   "replay with --repeats 3 to measure the spread")
+            out.append(f"The tolerance of {what} is assumed, not measured (unverified "
+                       f"spread; {how}); --strict fails this verdict.")
     elif v == "NOT_REPRODUCED":
         out.append(f"{compared}.")
         out += _outside_words(verdict)
