@@ -23,7 +23,7 @@ the rclone configuration all really happen on "the server".
 no lease, server, floating IP, keypair or security group of the experiment remains, and
 against Keystone and Swift that the credentials and buckets are gone.
 
-Not run here: 3_launch_lab and 4_replay (see the README's provisioning section: the lab's
+Not run here: 3_launch_lab and 4_replay (README, Testing, "The cloud path": the lab's
 images cannot be built on a machine without a registry through 3_launch_lab's own path).
 """
 
