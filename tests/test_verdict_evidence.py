@@ -67,8 +67,9 @@ def _tracked(repo, *command, experiment="evidence", options=()):
 
 
 def _replay(run_id, repo, workdir, *extra):
-    out = _cli("replay", run_id, "--repo", str(repo), "--workdir", str(workdir),
-               "--no-rebuild-env", *extra, cwd=repo)
+    where = ["--repo", str(repo)] if repo else []
+    out = _cli("replay", run_id, *where, "--workdir", str(workdir), "--no-rebuild-env",
+               *extra, cwd=workdir.parent)
     new = next((ln.split()[2] for ln in out.stdout.splitlines()
                 if ln.startswith("replay run ")), None)
     return out, new
@@ -101,10 +102,17 @@ def test_a_script_that_only_prints_gets_a_verdict_from_its_stdout(tracking_uri, 
 def test_a_program_that_logs_and_prints_nothing_is_incomplete(tracking_uri, tmp_path):
     repo = make_repo(tmp_path / "s", {"quiet.py": SILENT})
     original = _tracked(repo, "quiet.py", options=["--no-autolog"])
-    out, _ = _replay(original, repo, tmp_path / "wd")
-    assert out.returncode == 6, out.stdout[-3000:]
+    # no --repo and no remote: the run's own working copy, still on this machine, is cloned
+    out, _ = _replay(original, None, tmp_path / "wd")
+    assert out.returncode == 6, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "no remote recorded: cloning the run's own repository" in out.stdout
     assert "verdict: INCOMPLETE" in out.stdout
     assert "an exit code alone is not evidence" in out.stdout
+    # ...and when it is gone, the error says so and how to go on
+    repo.rename(tmp_path / "moved")
+    out, _ = _replay(original, None, tmp_path / "wd")
+    assert out.returncode == 4 and "is not on this machine" in out.stderr, out.stderr
+    assert "--repo" in out.stderr
 
 
 def test_a_changed_hyperparameter_or_commit_is_not_faithful(tracking_uri, tmp_path):

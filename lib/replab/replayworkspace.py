@@ -146,9 +146,16 @@ def rebuild_workspace(source: Any, dest: str | os.PathLike, *,
         raise ReplayError(f"run {source.run_id} recorded no git commit ({reason}): its code "
                           "cannot be rebuilt")
     origin = str(repo) if repo else git.get("remote_url")
+    root = git.get("root")
+    if not origin and root and Path(root, ".git").exists():
+        # no remote (a repository that was never pushed): the run's own working copy, when
+        # it is on this machine, holds the commit
+        origin = str(root)
+        say(f"no remote recorded: cloning the run's own repository at {root}")
     if not origin:
-        raise ReplayError(f"run {source.run_id} has no recorded remote; pass the repository "
-                          "(a local path or URL) with repo=... / --repo")
+        raise ReplayError(f"run {source.run_id} has no recorded remote and its repository "
+                          f"{root or '(path unknown)'} is not on this machine; pass the "
+                          "repository (a local path or URL) with repo=... / --repo")
     missing = [f["path"] for f in git.get("untracked") or [] if "content" not in f
                and "symlink" not in f]
     if missing and not allow_missing:
