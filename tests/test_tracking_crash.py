@@ -193,6 +193,7 @@ def test_sigterm_to_replab_run_reaches_the_program_which_saves_its_points(tracki
     assert r.info.status == "KILLED", err
     assert r.data.tags[tracking.TAG_SIGNAL] == "SIGTERM"
     assert r.data.tags[tracking.TAG_EXIT_CODE] == "-15"
+    assert proc.returncode == 128 + signal.SIGTERM, err  # as a shell reports a signal death
     assert _steps(run_id) == list(range(N))
     assert "replab/stdout.txt" in [a.path for a in MlflowClient().list_artifacts(run_id,
                                                                                 "replab")]
