@@ -49,3 +49,33 @@ def test_the_original_is_judged_against_the_spread_not_one_replay():
 def test_one_replay_measures_nothing():
     assert measure(REPLAYS[:1]) == {}
     assert measure(REPLAYS, ignore=("acc",)).keys() == {"loss"}
+
+
+def _printing(run_id, text):
+    return RunRecord(run_id, outputs={"version": 1, "evidence": True, "streams": ["stdout"]},
+                     printed={"stdout": text})
+
+
+def test_printed_numbers_are_judged_against_the_replays_spread():
+    from replab.spread import measure_printed
+
+    replays = [_printing(f"r{i}", f"epoch 3 accuracy {v}\ndone in 2.1s\n")
+               for i, v in enumerate(("0.90", "0.92", "0.94"))]
+    spread = measure_printed(replays, replays[0].outputs)
+    numbers = spread["stdout"]
+    assert set(numbers) == {("epoch # accuracy #", 0, 0), ("epoch # accuracy #", 0, 1)}
+    epoch, (centre, half) = numbers[("epoch # accuracy #", 0, 0)], numbers[
+        ("epoch # accuracy #", 0, 1)]
+    assert epoch[0] == 3 and epoch[1] < 1e-8  # printed identically: no room at all
+    assert math.isclose(centre, 0.92)
+    assert math.isclose(half, 9.925 * 0.02 * math.sqrt(4 / 3), rel_tol=1e-6)
+    # 0.99 is 7.6% from the first replay (beyond the assumed 5%) but inside the spread
+    inside = _printing("orig", "epoch 3 accuracy 0.99\ndone in 9.9s\n")
+    v = compare(inside, replays[0], printed_spread=spread)
+    assert v.verdict is Outcome.REPRODUCED_WITHIN_TOLERANCE and not v.tolerance_assumed
+    assert v.printed[0].measured == 1 and "measured spread" in v.printed[0].summary()
+    assert compare(inside, replays[0]).verdict is Outcome.NOT_REPRODUCED  # no repeats
+    outside = _printing("orig", "epoch 3 accuracy 1.5\ndone in 2.0s\n")
+    v = compare(outside, replays[0], printed_spread=spread)
+    assert v.verdict is Outcome.NOT_REPRODUCED
+    assert "outside the replays' spread" in v.printed[0].mismatches[0].reason

@@ -156,6 +156,9 @@ def test_unseeded_randomness_is_ranked_first_and_repeats_measure_the_spread(trac
     measured = [m for m in rep.verdict.metrics if m.tolerance_from == "measured spread"]
     assert measured and {m.name for m in measured} == set(rep.spreads)
     assert any("judged against 3 replays" in n for n in rep.verdict.notes)
+    # the printed accuracy too is judged against the replays' spread, not an assumed 5%
+    assert rep.verdict.printed and rep.verdict.printed[0].measured >= 1
+    assert not rep.verdict.assumed_for, rep.verdict.assumed_for
     assert rep.verdict.verdict is not verdict.Outcome.NOT_FAITHFUL
     assert (Path(rep.report["report.html"]).read_text().count("data:image/png") ==
             len(rep.verdict.metrics))

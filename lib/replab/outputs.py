@@ -37,17 +37,20 @@ from .outputs_printed import (
     WITHIN,
     LineMismatch,
     Mask,
+    NumberKey,
     PrintedComparison,
     compare_printed,
     normalize,
+    printed_numbers,
     resolve_masks,
 )
 
-__all__ = ["STREAM_ARTIFACTS", "ARTIFACT_DIR", "DEFAULT_MASKS", "DIFFERS", "FILE_CAP", "MAX_FILES",
-           "MISSING_ORIGINAL", "MISSING_REPLAY", "SAME", "SPEC", "TOTAL_CAP", "WITHIN",
-           "FileComparison", "LineMismatch", "Mask", "PrintedComparison", "RecordedFile",
-           "compare_files", "compare_printed", "masks_for", "normalize", "paths_for",
-           "read_spec", "recorded_files", "resolve_masks", "run_options", "streams_for"]
+__all__ = ["ARTIFACT_DIR", "DEFAULT_MASKS", "DIFFERS", "FILE_CAP", "MAX_FILES",
+           "MISSING_ORIGINAL", "MISSING_REPLAY", "SAME", "SPEC", "STREAM_ARTIFACTS",
+           "TOTAL_CAP", "WITHIN", "FileComparison", "LineMismatch", "Mask", "NumberKey",
+           "PrintedComparison", "RecordedFile", "compare_files", "compare_printed",
+           "masks_for", "normalize", "paths_for", "printed_numbers", "read_spec",
+           "recorded_files", "resolve_masks", "run_options", "streams_for"]
 
 # Where `replab run` keeps what the program printed (secret values masked).
 STREAM_ARTIFACTS = {"stdout": "replab/stdout.txt", "stderr": "replab/stderr.txt"}

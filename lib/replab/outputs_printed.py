@@ -177,6 +177,7 @@ class PrintedComparison:
     mismatches: list[LineMismatch] = field(default_factory=list)
     max_abs: float = 0.0
     max_rel: float = 0.0
+    measured: int = 0  # numbers judged against a measured spread, not the tolerance
 
     @property
     def evidence(self) -> bool:
@@ -190,8 +191,10 @@ class PrintedComparison:
         if self.status == SAME:
             return f"{head}: identical (after masking)"
         if self.status == WITHIN:
+            how = (f"; {self.measured} numbers judged against the replays' measured spread"
+                   if self.measured else "")
             return (f"{head}: {self.lines_within} lines within tolerance (abs {self.abs:g}, "
-                    f"rel {self.rel:g}; max rel {self.max_rel:.3g})")
+                    f"rel {self.rel:g}; max rel {self.max_rel:.3g}{how})")
         first = self.mismatches[0]
         where = (f"line {first.line}" if first.line is not None
                  else f"replay line {first.replay_line}")
@@ -226,29 +229,59 @@ def _align(ma: list[str], mb: list[str], ka: list[str], kb: list[str]) -> list[t
     return out
 
 
+NumberKey = tuple[str, int, int]  # (line text without its numbers, occurrence, position)
+
+
+def _prepared(text: str, masks: Sequence[Mask], paths) -> list[tuple[int, str, str, list[str],
+                                                                      str]]:
+    rows = []
+    for n, line in normalize(_substitute(text or "", paths)):
+        masked = line
+        for m in masks:
+            masked = m.apply(masked)
+        skeleton, nums = _split(masked)
+        rows.append((n, line, skeleton, nums, masked))
+    return rows
+
+
+def _keys(rows) -> list[list[NumberKey]]:
+    """Each row's number keys: the k-th line with that text, the j-th number in it."""
+    seen: dict[str, int] = {}
+    out = []
+    for row in rows:
+        k = seen.get(row[2], 0)
+        seen[row[2]] = k + 1
+        out.append([(row[2], k, j) for j in range(len(row[3]))])
+    return out
+
+
+def printed_numbers(text: str, *, masks: Sequence[Mask] | None = None,
+                    paths: Mapping[str, str] | None = None) -> dict[NumberKey, float]:
+    """Every number a printed output holds, after the masks, by :data:`NumberKey`: what the
+    spread of repeated replays is measured on (:mod:`replab.spread`)."""
+    rows = _prepared(text, DEFAULT_MASKS if masks is None else masks, paths)
+    return {key: float(num) for row, keys in zip(rows, _keys(rows), strict=True)
+            for key, num in zip(keys, row[3], strict=True)}
+
+
 def compare_printed(original: str, replay: str, *, rel: float, abs_: float,
                     masks: Sequence[Mask] | None = None, stream: str = "stdout",
                     original_paths: Mapping[str, str] | None = None,
-                    replay_paths: Mapping[str, str] | None = None) -> PrintedComparison:
+                    replay_paths: Mapping[str, str] | None = None,
+                    spread: Mapping[NumberKey, tuple[float, float]] | None = None
+                    ) -> PrintedComparison:
     """Compare two printed outputs line by line (see the module's docstring).
 
     ``masks`` default to :data:`DEFAULT_MASKS`; ``original_paths`` / ``replay_paths`` map a
     label to a directory of that run (``{"cwd": "/home/u/proj"}``): its literal text becomes
     ``<cwd>`` on each side, so a replay in another directory prints the same lines.
+    ``spread``: ``{number key: (centre, allowed deviation)}`` measured over repeated replays;
+    an original number with a key there is judged against it instead of the tolerance.
     """
     masks = DEFAULT_MASKS if masks is None else masks
-
-    def prepare(text: str, paths) -> list[tuple[int, str, str, list[str]]]:
-        rows = []
-        for n, line in normalize(_substitute(text or "", paths)):
-            masked = line
-            for m in masks:
-                masked = m.apply(masked)
-            skeleton, nums = _split(masked)
-            rows.append((n, line, skeleton, nums, masked))
-        return rows
-
-    a, b = prepare(original, original_paths), prepare(replay, replay_paths)
+    spread = spread or {}
+    a, b = _prepared(original, masks, original_paths), _prepared(replay, masks, replay_paths)
+    keys_a = {id(row): keys for row, keys in zip(a, _keys(a), strict=True)}
     res = PrintedComparison(stream, SAME, rel, abs_, len(a), len(b))
 
     def miss(ra, rb, reason):
@@ -264,10 +297,14 @@ def compare_printed(original: str, replay: str, *, rel: float, abs_: float,
             miss(ra, rb, "the text differs")
             return
         worst, within_line = None, False
-        for sa, sb in zip(ra[3], rb[3], strict=True):
+        for j, (sa, sb) in enumerate(zip(ra[3], rb[3], strict=True)):
             res.numbers_compared += 1
             va, vb = float(sa), float(sb)
             same, ok = _agree(va, vb, rel, abs_)
+            measured = spread.get(keys_a[id(ra)][j])
+            if measured is not None and not same:
+                ok = math.isfinite(va) and abs(va - measured[0]) <= measured[1]
+                res.measured += 1
             if same:
                 continue
             within_line = True
@@ -277,7 +314,10 @@ def compare_printed(original: str, replay: str, *, rel: float, abs_: float,
                 res.max_abs, res.max_rel = max(res.max_abs, d), max(res.max_rel, r)
             else:
                 d = r = math.inf
-            if not ok and worst is None:
+            if not ok and worst is None and measured is not None:
+                worst = (f"{sa} vs {sb}: outside the replays' spread {measured[0]:.6g} +- "
+                         f"{measured[1]:.3g}")
+            elif not ok and worst is None:
                 worst = (f"{sa} vs {sb}: abs {d:.3g}, rel {r:.3g} beyond abs {abs_:g}, "
                          f"rel {rel:g}")
         if worst:

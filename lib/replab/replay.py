@@ -282,8 +282,11 @@ def replay_run(run_or_bundle: str | Source, *, experiment: str | None = None,
     spreads = spread_mod.measure([r for _, _, r in runs],
                                  ignore=verdict_mod.IGNORED_METRICS) if len(runs) > 1 else {}
     judged = spread_mod.centre_record(new, spreads) if spreads else new
+    replays = [r for _, _, r in runs]
+    printed_spread = spread_mod.measure_printed(replays, original.outputs)
     v = verdict_mod.compare(original, judged, tolerances,
-                            measured=spread_mod.tolerances(spreads))
+                            measured=spread_mod.tolerances(spreads),
+                            printed_spread=printed_spread)
     if spreads:
         v.notes.append(f"judged against {len(runs)} replays ({spread_mod.RULE}): "
                        + "; ".join(s.words() for s in spreads.values()))
@@ -346,7 +349,8 @@ def verify(run_a: str, run_b: str, *more: str, tracking_uri: str | None = None,
     replays = [_record(r, tracking_uri) for r in (run_b, *more)]
     spreads = spread_mod.measure(replays, ignore=verdict_mod.IGNORED_METRICS) if more else {}
     b = spread_mod.centre_record(replays[0], spreads) if spreads else replays[0]
-    v = verdict_mod.compare(a, b, tolerances, measured=spread_mod.tolerances(spreads))
+    v = verdict_mod.compare(a, b, tolerances, measured=spread_mod.tolerances(spreads),
+                            printed_spread=spread_mod.measure_printed(replays, a.outputs))
     if spreads:
         v.notes.append(f"judged against {len(replays)} runs ({spread_mod.RULE}): "
                        + "; ".join(s.words() for s in spreads.values()))

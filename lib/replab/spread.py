@@ -123,6 +123,37 @@ def tolerances(spreads: dict[str, MetricSpread]) -> dict[str, Tolerance]:
     return {name: s.tolerance for name, s in spreads.items()}
 
 
+def measure_printed(replays: Sequence[Any], spec: Any = None
+                    ) -> dict[str, dict[Any, tuple[float, float]]]:
+    """Per printed stream the original recorded (``spec``: its output spec), ``{number key:
+    (centre, allowed deviation)}`` over the replays' printed numbers, by the same rule as the
+    metrics; only numbers every replay printed. For ``verdict.compare(printed_spread=)``."""
+    from . import outputs
+
+    out: dict[str, dict[Any, tuple[float, float]]] = {}
+    if len(replays) < 2:
+        return out
+    masks = outputs.masks_for(spec)
+    for stream in outputs.streams_for(spec):
+        texts = [r.printed.get(stream) for r in replays]
+        if any(t is None for t in texts):
+            continue
+        numbers = [outputs.printed_numbers(t, masks=masks, paths=outputs.paths_for(r.outputs))
+                   for t, r in zip(texts, replays, strict=True)]
+        common = set.intersection(*(set(n) for n in numbers))
+        n = len(numbers)
+        judged = {}
+        for key in common:
+            values = [nums[key] for nums in numbers]
+            if not all(math.isfinite(v) for v in values):
+                continue
+            mean = statistics.fmean(values)
+            sd = statistics.stdev(values) if len(set(values)) > 1 else 0.0
+            judged[key] = (mean, t995(n - 1) * sd * math.sqrt(1 + 1 / n) + _floor(mean))
+        out[stream] = judged
+    return out
+
+
 def centre_record(first: Any, spreads: dict[str, MetricSpread]) -> Any:
     """``first`` (a replay's ``RunRecord``) with each measured metric's curve replaced by
     the replays' centre (mean, or the common value): what the original is judged against."""

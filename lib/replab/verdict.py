@@ -178,7 +178,8 @@ def _exit_code(record: RunRecord) -> int | None:
         return None
 
 
-def _printed(original: RunRecord, replay: RunRecord, tol: Tolerance
+def _printed(original: RunRecord, replay: RunRecord, tol: Tolerance,
+             spread: Mapping[str, Mapping] | None = None
              ) -> tuple[list[outputs.PrintedComparison], list[str]]:
     rows, missing = [], []
     for stream in outputs.streams_for(original.outputs):
@@ -191,7 +192,8 @@ def _printed(original: RunRecord, replay: RunRecord, tol: Tolerance
             original.printed[stream], replay.printed[stream], rel=tol.rel, abs_=tol.abs,
             masks=outputs.masks_for(original.outputs), stream=stream,
             original_paths=outputs.paths_for(original.outputs),
-            replay_paths=outputs.paths_for(replay.outputs)))
+            replay_paths=outputs.paths_for(replay.outputs),
+            spread=(spread or {}).get(stream)))
     return [r for r in rows if r.evidence], missing
 
 
@@ -249,13 +251,15 @@ def _assumed(profile: str, default_from: str, rows: list[MetricComparison], prin
 def compare(original: RunRecord, replay: RunRecord,
             tolerances: Tolerance | Mapping[str, Any] | None = None, *,
             ignore: Iterable[str] = IGNORED_METRICS,
-            measured: Mapping[str, Tolerance] | None = None) -> Verdict:
+            measured: Mapping[str, Tolerance] | None = None,
+            printed_spread: Mapping[str, Mapping] | None = None) -> Verdict:
     """Compare a replay with its original: faithfulness, metrics (curves and finals),
     printed output, output files, exit code, environment.
 
     ``tolerances``: one Tolerance for every metric, or ``{name or pattern: Tolerance}`` over
     the profile's default (:mod:`replab.tolerances`). ``measured``: per-metric tolerances
-    measured from repeated replays (:mod:`replab.spread`), used before the default.
+    measured from repeated replays (:mod:`replab.spread`), used before the default;
+    ``printed_spread``: the same for printed numbers (``spread.measure_printed``).
     ``ignore``: metric name patterns left out. Raises ConfigError for a malformed tolerance.
     """
     profile, reasons = determinism_profile(original.manifest, original.tags,
@@ -280,7 +284,7 @@ def compare(original: RunRecord, replay: RunRecord,
             tol, tol_from = tolerance_for(n, per_metric, default, default_from)
         rows.append(compare_metric(n, original.metrics.get(n), replay.metrics.get(n), tol,
                                    tol_from))
-    printed, missing_streams = _printed(original, replay, default)
+    printed, missing_streams = _printed(original, replay, default, printed_spread)
     files = _files(original, replay, default)
     ea, eb = _exit_code(original), _exit_code(replay)
     exits = (ea, eb) if ea is not None and eb is not None else None
@@ -303,7 +307,8 @@ def compare(original: RunRecord, replay: RunRecord,
         if rec.manifest is None:
             notes.append(f"no manifest for the {role} run {rec.run_id}: environments not "
                          "compared")
-    assumed = _assumed(profile, default_from, rows, printed, files)
+    assumed = _assumed(profile, default_from, rows,
+                       [p for p in printed if p.stream not in (printed_spread or {})], files)
     if profile == STATISTICAL and not measured:
         notes.append("the original was not seeded (or its parameters show unseeded "
                      "randomness): a single replay can only show whether it lands near the "
