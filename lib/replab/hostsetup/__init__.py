@@ -76,6 +76,7 @@ from .service import (
     lab_mlflow_version,
     replab_cli,
     server_workdir,
+    systemd_units,
 )
 from .workspace import (
     clone_repository,
@@ -153,5 +154,5 @@ __all__ = [
     "docker", "docker_script", "home_directory", "is_ssh_url", "lab_mlflow_version",
     "merge_daemon_json", "nvidia_toolkit", "nvidia_toolkit_script", "rclone_fuse", "replab_cli",
     "rocm", "server_workdir", "setup_host", "source_files", "source_hash", "step_names",
-    "upload_lab",
+    "systemd_units", "upload_lab",
 ]

@@ -1,16 +1,20 @@
 """replab on the server: its venv, its work directory (config and EC2 keys only) and the
-hourly MLflow backup timer that runs it."""
+hourly MLflow backup timer that runs it (:func:`systemd_units` renders its units; pruning
+and the backups themselves are ``replab.lab.schedule`` / ``replab.lab.backup``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from pathlib import Path
 
+from .. import config as config_mod
 from .. import remote
 from ..errors import CloudError, ConfigError
 from ..remote import Step
+from ..serverlayout import DB_ENV, ROOT, VERSION_ENV, HostPaths, server_database_uri
 from ._base import (
     BACKUP_TIMER,
     LAB_SOURCE,
@@ -30,13 +34,14 @@ from ._base import (
     home_directory,
 )
 
+UNIT = "replab-lab-backup"  # the backup timer's systemd unit (.service, .timer)
+SCHEDULED = "scheduled"  # the reason the timer's backups carry; only these are ever pruned
+
 
 def lab_mlflow_version(source: str | os.PathLike | None = None) -> str | None:
     """The MLflow version the lab's image pins (``docker/mlflow/requirements.txt`` of the
     checkout ``source``), or None."""
-    from ..lab import server
-
-    path = Path(source or server.ROOT) / "docker" / "mlflow" / "requirements.txt"
+    path = Path(source or ROOT) / "docker" / "mlflow" / "requirements.txt"
     text = path.read_text() if path.exists() else ""
     found = re.search(r"^mlflow==([^\s;#]+)", text, re.M)
     return found.group(1) if found else None
@@ -52,9 +57,6 @@ def replab_cli(conn, cfg, *, paths=None, home: str | None = None, python: str = 
     teardown's last backup run ``HostPaths.replab``. changed=False when the venv holds
     the uploaded source already (same sha256). ``python3 -m venv`` failing on the live
     system installs ``python3-venv`` first. Raises CloudError when a command fails."""
-    from ..lab import server
-    from ..lab.compose import HostPaths
-
     paths = paths or HostPaths.for_config(cfg, home_directory(conn, conn.user, home))
     digest = (remote.read_text(conn, f"{paths.source}/{SOURCE_HASH_FILE}") or "").strip()
     if not digest:
@@ -79,7 +81,7 @@ def replab_cli(conn, cfg, *, paths=None, home: str | None = None, python: str = 
             raise CloudError(f"{python} -m venv {paths.venv} failed on {conn.host}:\n"
                              f"{(made.stderr or made.stdout).strip()[-1500:]}", "python -m venv")
         notes.append(f"created {paths.venv}")
-    local = Path(constraints) if constraints else server.ROOT / "constraints.txt"
+    local = Path(constraints) if constraints else ROOT / "constraints.txt"
     pins = f"{paths.venv}/replab-constraints.txt"
     remote.put_text(conn, local.read_text() if local.exists() else "", pins, mode=0o644)
     pip = [vpython, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
@@ -104,11 +106,6 @@ def server_workdir(conn, cfg, store, *, paths=None, home: str | None = None) -> 
     only the EC2 keys the MLflow backups are written with (0600 in a 0700 directory; the
     application credential never leaves this machine). changed=False when both are there
     as they would be written. Raises ConfigError without EC2 keys (1_create_credentials)."""
-    import dataclasses
-
-    from .. import config as config_mod
-    from ..lab.compose import HostPaths
-
     paths = paths or HostPaths.for_config(cfg, home_directory(conn, conn.user, home))
     ec2 = store.credentials().get("ec2")
     if not ec2:
@@ -128,30 +125,89 @@ def server_workdir(conn, cfg, store, *, paths=None, home: str | None = None) -> 
     return Step(WORKDIR, True, f"wrote {', '.join(written)}")
 
 
+# -- the backup timer's units ------------------------------------------------------------------
+def _quote(arg: str) -> str:
+    """One argument of an Exec= line, quoted as systemd reads it; ``%`` and ``$`` escaped."""
+    if not re.match(r"^[A-Za-z0-9_@+=:,./-]+$", arg):
+        arg = '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return arg.replace("%", "%%").replace("$", "$$")
+
+
+def systemd_units(workdir: str, *, replab: str = "/usr/local/bin/replab", user: str = "cc",
+                  group: str | None = None, on_calendar: str = "hourly",
+                  environment_file: str | None = None, database_uri: str | None = None,
+                  mlflow_version: str | None = None) -> dict[str, str]:
+    """The service and timer that run ``replab lab backup --workdir WORKDIR --reason
+    scheduled --prune`` on the GPU server (``on_calendar``, systemd's syntax; missed runs are
+    caught up after a boot). ``environment_file`` (optional) is read for ``PGPASSWORD``
+    and the like; ``database_uri`` (without a password) becomes ``REPLAB_MLFLOW_DB``;
+    ``mlflow_version`` (the lab container's) ``REPLAB_MLFLOW_VERSION``.
+    Returns ``{unit file name: text}``."""
+    service = [
+        "[Unit]",
+        "Description=Back up the replab lab's MLflow database to the backups bucket",
+        "Wants=network-online.target",
+        "After=network-online.target",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        f"User={user}",
+        f"Group={group or user}",
+    ]
+    if environment_file:
+        service.append(f"EnvironmentFile=-{environment_file}")
+    if database_uri:
+        if "@" in database_uri and ":" in database_uri.split("@")[0].split("//")[-1]:
+            raise ConfigError([("database_uri", "must not hold a password: put PGPASSWORD "
+                                                "in the environment file")])
+        service.append(f"Environment={_quote(f'{DB_ENV}={database_uri}')}")
+    if mlflow_version:
+        service.append(f"Environment={_quote(f'{VERSION_ENV}={mlflow_version}')}")
+    argv = [replab, "lab", "backup", "--workdir", workdir, "--reason", SCHEDULED, "--prune"]
+    service += [
+        f"ExecStart={' '.join(_quote(a) for a in argv)}",
+        "Nice=10",
+        "IOSchedulingClass=idle",
+        "TimeoutStartSec=30min",
+        "",
+    ]
+    timer = [
+        "[Unit]",
+        f"Description=Back up the replab lab's MLflow database ({on_calendar})",
+        "",
+        "[Timer]",
+        f"OnCalendar={on_calendar}",
+        "Persistent=true",
+        "RandomizedDelaySec=5min",
+        f"Unit={UNIT}.service",
+        "",
+        "[Install]",
+        "WantedBy=timers.target",
+        "",
+    ]
+    return {f"{UNIT}.service": "\n".join(service), f"{UNIT}.timer": "\n".join(timer)}
+
+
 def backup_timer(conn, cfg, *, root: str | os.PathLike = "/", home: str | None = None,
                  user: str | None = None, workdir: str | None = None,
                  replab: str | None = None, database_uri: str | None = None,
                  on_calendar: str = "hourly") -> Step:
-    """Install and enable ``lab.schedule.systemd_units`` (the hourly MLflow backup) under
+    """Install and enable :func:`systemd_units` (the hourly MLflow backup) under
     ``<root>/etc/systemd/system``; changed=False when both units are already there as
     rendered. ``workdir`` (on the server, written by :func:`server_workdir`) defaults to
     ``HostPaths.workdir``, ``replab`` to ``HostPaths.replab`` (:func:`replab_cli`), the
-    database to ``lab.schedule.server_database_uri`` (the password comes from the lab's
+    database to ``serverlayout.server_database_uri`` (the password comes from the lab's
     ``.env``). Raises CloudError when systemctl fails."""
-    from ..lab import schedule
-    from ..lab.compose import HostPaths
-
     user = _user(conn, user)
     paths = HostPaths.for_config(cfg, home_directory(conn, user, home))
     if database_uri is None:
-        database_uri = schedule.server_database_uri(cfg, paths)
-    units = schedule.systemd_units(workdir or paths.workdir, replab=replab or paths.replab,
-                                 user=user, mlflow_version=lab_mlflow_version(),
-                                 on_calendar=on_calendar,
-                                 environment_file=f"{paths.lab}/.env",
-                                 database_uri=database_uri)
+        database_uri = server_database_uri(cfg, paths)
+    units = systemd_units(workdir or paths.workdir, replab=replab or paths.replab,
+                          user=user, mlflow_version=lab_mlflow_version(),
+                          on_calendar=on_calendar, environment_file=f"{paths.lab}/.env",
+                          database_uri=database_uri)
     sudo = _live(root) and not _is_root(conn)
-    changed, notes = _install_units(conn, root, units, f"{schedule.UNIT}.timer", sudo=sudo)
+    changed, notes = _install_units(conn, root, units, f"{UNIT}.timer", sudo=sudo)
     if not changed:
-        return Step(BACKUP_TIMER, False, f"{schedule.UNIT}.timer installed ({on_calendar})")
+        return Step(BACKUP_TIMER, False, f"{UNIT}.timer installed ({on_calendar})")
     return Step(BACKUP_TIMER, True, "; ".join(notes))

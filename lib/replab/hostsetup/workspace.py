@@ -14,6 +14,7 @@ from .. import rclone, remote
 from ..errors import CloudError, ConfigError
 from ..redact import strip_url_credentials
 from ..remote import Step
+from ..serverlayout import ROOT, SOURCE_PARTS, HostPaths
 from ._base import (
     FUSE_CONF,
     LAB_SOURCE,
@@ -92,8 +93,6 @@ def rclone_fuse(conn, cfg, store, *, root: str | os.PathLike = "/",
     enabled systemd unit mounting the data bucket on ``HostPaths.data`` (so the mount
     survives a reboot); the unit is (re)started when it or rclone.conf changed. Raises
     ConfigError without an rclone.conf, CloudError when a command fails."""
-    from ..lab.compose import HostPaths
-
     conf = store.read(store.RCLONE)
     if not conf:
         raise ConfigError(f"no {store.path(store.RCLONE)}: run 1_create_credentials first")
@@ -164,8 +163,6 @@ def clone_repository(conn, cfg, *, dest: str | None = None, home: str | None = N
     if not url:
         return Step(REPOSITORY, False, "no repository configured")
     if dest is None:
-        from ..lab.compose import HostPaths
-
         dest = HostPaths.for_config(cfg, home_directory(conn, conn.user, home)).repo
     shown = strip_url_credentials(url)
     if is_ssh_url(url) and not forward_agent:
@@ -199,15 +196,12 @@ def clone_repository(conn, cfg, *, dest: str | None = None, home: str | None = N
 def upload_lab(conn, cfg, *, paths=None, home: str | None = None,
                source: str | os.PathLike | None = None,
                parts: Sequence[str] | None = None) -> Step:
-    """Upload replab's build context (``lab.server.SOURCE_PARTS`` of the checkout
+    """Upload replab's build context (``serverlayout.SOURCE_PARTS`` of the checkout
     ``source``) to ``paths.source``, only when its content hash differs from the one stored
     there (:data:`SOURCE_HASH_FILE`). The tree is replaced whole, so deleted files go too.
     Raises CloudError when the upload fails."""
-    from ..lab import server
-    from ..lab.compose import HostPaths
-
     paths = paths or HostPaths.for_config(cfg, home_directory(conn, conn.user, home))
-    files = source_files(source or server.ROOT, parts or server.SOURCE_PARTS)
+    files = source_files(source or ROOT, parts or SOURCE_PARTS)
     digest = source_hash(files)
     hash_path = f"{paths.source}/{SOURCE_HASH_FILE}"
     if (remote.read_text(conn, hash_path) or "").strip() == digest:

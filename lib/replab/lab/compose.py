@@ -85,6 +85,7 @@ import yaml
 
 from .. import __version__
 from ..errors import ConfigError
+from ..serverlayout import HostPaths  # where things live on the node (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -248,69 +249,6 @@ def image_for(cfg, tag: str = IMAGE_TAG) -> Image:
 def mlflow_image(tag: str = IMAGE_TAG) -> Image:
     """Our MLflow tracking-server image."""
     return Image(f"replab/mlflow:{tag}", MLFLOW_DOCKERFILE, {"BASE": MLFLOW_BASE}, "mlflow")
-
-
-# -- where things live on the node ---------------------------------------------------------
-@dataclass(frozen=True)
-class HostPaths:
-    """Directories on the node. ``repo``: the clone of the user's repository; ``mounts``: the
-    directory holding the data bucket's rclone mountpoint ``data`` (mount nothing else there:
-    the container sees all of it); ``lab``: compose.yaml, .env and ``mlflow/`` (the sqlite
-    database); ``cache``: the Hugging Face cache (``cache/huggingface``); ``source``: this
-    replab checkout, the images' build context."""
-
-    root: str
-    repo: str
-    mounts: str
-    lab: str
-    cache: str
-    source: str
-
-    @classmethod
-    def under(cls, root: str) -> HostPaths:
-        """The default layout below ``root``."""
-        r = PurePosixPath(root)
-        return cls(root=str(r), repo=str(r / "repo"), mounts=str(r / "mnt"),
-                   lab=str(r / "lab"), cache=str(r / "cache"), source=str(r / "replab"))
-
-    @classmethod
-    def for_config(cls, cfg, home: str = "/home/cc") -> HostPaths:
-        """``/home/cc/<experiment>/{repo,mnt,lab,cache,replab}``."""
-        return cls.under(str(PurePosixPath(home) / cfg.experiment))
-
-    @property
-    def data(self) -> str:
-        """The data bucket's rclone mountpoint: ``<mounts>/data``."""
-        return str(PurePosixPath(self.mounts) / "data")
-
-    @property
-    def workdir(self) -> str:
-        """The server's replab work directory (config.yaml and the EC2 keys the backup timer
-        uses): ``<root>/work``."""
-        return str(PurePosixPath(self.root) / "work")
-
-    @property
-    def venv(self) -> str:
-        """The virtual environment replab is installed in on the server: ``<root>/venv``."""
-        return str(PurePosixPath(self.root) / "venv")
-
-    @property
-    def replab(self) -> str:
-        """The server's ``replab`` command (in :attr:`venv`)."""
-        return str(PurePosixPath(self.venv) / "bin" / "replab")
-
-    @property
-    def mlflow_dir(self) -> str:
-        return str(PurePosixPath(self.lab) / "mlflow")
-
-    @property
-    def hf_home(self) -> str:
-        return str(PurePosixPath(self.cache) / "huggingface")
-
-    def directories(self) -> list[str]:
-        """The directories the launcher creates (owned by the login user, uid 1000 like the
-        containers' users) before ``docker compose up``; ``data`` is the mountpoint."""
-        return [self.repo, self.mounts, self.data, self.lab, self.mlflow_dir, self.hf_home]
 
 
 # -- the spec ------------------------------------------------------------------------------

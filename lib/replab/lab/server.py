@@ -35,11 +35,12 @@ import yaml
 
 from .. import hostsetup, remote
 from ..errors import CloudError, ConfigError, ResourceTimeout
+from ..serverlayout import DB_ENV, server_database_uri
+from ..serverlayout import ROOT as ROOT  # noqa: F401  (kept: lab.server.ROOT, SOURCE_PARTS)
+from ..serverlayout import SOURCE_PARTS as SOURCE_PARTS  # noqa: F401
 from . import compose
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[3]  # the artifact (…/lib/replab/lab -> …)
-SOURCE_PARTS = ("docker", "lib", "pyproject.toml", "README.md", "LICENSE")
 JUPYTER_PORT, MLFLOW_PORT = compose.JUPYTER_PORT, compose.MLFLOW_PORT
 COMPOSE_V2, COMPOSE_V1 = "v2", "v1"
 _INNER_PORTS = {"mlflow": MLFLOW_PORT, "jupyter": JUPYTER_PORT}
@@ -221,8 +222,6 @@ def _restore_postgres(cfg, lab: ServerLab, say, *, timeout: float, interval: flo
     """PostgreSQL: start it alone, then let the server's replab (host setup installed it,
     with pg_restore) restore the newest backup with runs when the database is new, before
     MLflow starts on it."""
-    from . import backup, schedule
-
     conn, paths = lab.conn, lab.paths
     if not remote.run(conn, [paths.replab, "--version"], check=False).ok:
         say(f"PostgreSQL history not checked: no replab at {paths.replab} (run 2_provision's "
@@ -237,7 +236,7 @@ def _restore_postgres(cfg, lab: ServerLab, say, *, timeout: float, interval: flo
         sleep(interval)
     out = remote.run(conn, [paths.replab, "lab", "restore", "--if-new", "--workdir",
                             paths.workdir, "--env-file", f"{paths.lab}/{compose.ENV_FILE}"],
-                     env={backup.DB_ENV: schedule.server_database_uri(cfg, paths)},
+                     env={DB_ENV: server_database_uri(cfg, paths)},
                      timeout=timeout)
     say(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "PostgreSQL checked")
 
