@@ -65,14 +65,17 @@ class State:
     def record(self, kind: str, *, id: str, name: str, site: str, created: bool = True,
                at: _dt.datetime | None = None, **extra: Any) -> dict[str, Any]:
         """Record resource ``kind`` (one of :data:`KINDS`) and save. Recording the same id
-        again updates the record (keeping its ``created_at``); another id replaces it and
-        keeps the old one in ``history``."""
+        again updates the record (keeping its ``created_at`` and every field this call does
+        not name); another id replaces it and keeps the old one in ``history``."""
         if kind not in KINDS:
             raise ValueError(f"unknown resource kind {kind!r}; known: {', '.join(KINDS)}")
         old = self.data.get(kind)
         entry: dict[str, Any] = {"id": id, "name": name, "site": site, "created": created,
                                  "created_at": iso(at or utcnow()), "deleted_at": None}
         if old and old.get("id") == id:
+            # what an earlier record knew (reservation, image, login) and this one does not
+            # name is kept
+            entry = {**{k: v for k, v in old.items() if k not in entry}, **entry}
             entry["created_at"] = old.get("created_at", entry["created_at"])
             entry["created"] = old.get("created", created)
         elif old:
