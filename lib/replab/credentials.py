@@ -590,6 +590,9 @@ def setup(cfg, *, cloud: str | None = None, clouds_file: str | None = None,
         if not cfg.storage_auth_url:
             raise ConfigError([("storage_auth_url", f"{cfg.storage_site} has no Keystone URL; "
                                                     "set endpoints.storage_auth_url")])
+        if not cfg.s3_endpoint:  # before any credential is made: the buckets need it
+            raise ConfigError([("s3_endpoint", f"{cfg.storage_site} has no S3 endpoint; set "
+                                               "endpoints.s3_endpoint")])
         auth = authenticate(cfg.storage_auth_url, env=env, cloud=cloud,
                             clouds_file=clouds_file)
         if progress:
@@ -604,9 +607,6 @@ def setup(cfg, *, cloud: str | None = None, clouds_file: str | None = None,
                    progress)
         report.add(ensure_ec2_credential(auth, store), progress)
         ec2 = store.credentials()["ec2"]
-        if not cfg.s3_endpoint:
-            raise ConfigError([("s3_endpoint", f"{cfg.storage_site} has no S3 endpoint; set "
-                                               "endpoints.s3_endpoint")])
         s3 = storage.s3_client(cfg.s3_endpoint, ec2["access"], ec2["secret"])
         names = [cfg.buckets.data, cfg.buckets.artifacts, cfg.buckets.backups]
         made = storage.ensure_buckets(s3, names)
