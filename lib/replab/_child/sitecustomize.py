@@ -2,6 +2,23 @@
 # attach to the run the parent created, switch on MLflow autologging, and make the
 # program's own top-level mlflow.start_run()/end_run() reuse that run instead of failing
 # ("run already active") or opening a second one. Never breaks the program.
+#
+# Autologging options (_autolog_options), chosen for cost: params and metrics (training
+# metrics per fit, post-training metrics such as model.score) are autologged; what costs
+# time and is not evidence a verdict compares is off unless asked for:
+# - log_models: off unless `replab run --log-models` (REPLAB_LOG_MODELS=1): serializing and
+#   uploading every fitted model.
+# - log_model_signatures / log_input_examples: only with models (MLflow infers a signature
+#   by predicting on an input example; without a model nothing uses them).
+# - log_datasets: off: a digest of the training data and one more request per fit; replab's
+#   own inputs capture records the data (replab.capture.inputs).
+# - log_traces: off: GenAI tracing hooks, nothing a training script needs.
+# - scikit-learn's per-fit plots (confusion matrix, ROC and PR curves): off unless
+#   --log-models. MLflow has no option for them, so mlflow.sklearn.utils' artifact list is
+#   emptied when sklearn is imported (_no_sklearn_plots); drawing and uploading them was
+#   most of autologging's time (bench/bench_run.py). The metrics stay.
+# - exclusive stays False: autologging lands in the program's own (reused) run too.
+# REPLAB_AUTOLOG_DEFAULTS=1 gives MLflow's defaults instead (for bench/bench_run.py --options).
 import os
 import sys
 
@@ -37,9 +54,38 @@ def _replab_attach():
         mlflow.start_run, mlflow.end_run = start_run, end_run
         fluent.start_run, fluent.end_run = start_run, end_run
         if os.environ.get("REPLAB_AUTOLOG", "1") == "1":
-            mlflow.autolog(silent=True, log_models=os.environ.get("REPLAB_LOG_MODELS") == "1")
+            mlflow.autolog(**_autolog_options(os.environ))
+            if not _plots_wanted(os.environ):
+                from mlflow.utils.import_hooks import register_post_import_hook
+
+                register_post_import_hook(_no_sklearn_plots, "sklearn")
     except Exception as exc:
         print(f"replab: could not attach to run {run_id}: {exc}", file=sys.stderr)
+
+
+def _autolog_options(env):
+    """The arguments replab gives ``mlflow.autolog`` (see the top of this file)."""
+    models = env.get("REPLAB_LOG_MODELS") == "1"
+    if env.get("REPLAB_AUTOLOG_DEFAULTS") == "1":  # bench/bench_run.py --options
+        return {"silent": True, "log_models": models}
+    return {"silent": True, "log_models": models, "log_datasets": False,
+            "log_traces": False, "log_input_examples": False,
+            "log_model_signatures": models}
+
+
+def _plots_wanted(env):
+    return env.get("REPLAB_LOG_MODELS") == "1" or env.get("REPLAB_AUTOLOG_DEFAULTS") == "1"
+
+
+def _no_sklearn_plots(_module):
+    """No confusion-matrix/ROC/PR plots per classifier fit (no MLflow option turns them off;
+    drawing and uploading them was most of autologging's cost). Metrics stay."""
+    try:
+        from mlflow.sklearn import utils
+    except Exception:
+        return
+    if callable(getattr(utils, "_get_classifier_artifacts", None)):
+        utils._get_classifier_artifacts = lambda *args, **kwargs: []
 
 
 _RUN_ID = []
