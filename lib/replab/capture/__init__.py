@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePath
@@ -36,6 +37,8 @@ SCHEMA_VERSION = 1
 
 CaptureFn = Callable[..., Any]
 _REGISTRY: dict[str, CaptureFn] = {}
+# Run in a thread beside the others by collect(): they wait on subprocesses, not the CPU.
+_OVERLAP = frozenset({"git"})
 
 
 class Skip(Exception):
@@ -54,7 +57,16 @@ class Context:
         self.options: dict[str, Any] = dict(options or {})
         self.cache: dict[str, Any] = {}
         self.attachments: dict[str, dict[str, Any]] = {}
-        self.current: str | None = None
+        self._local = threading.local()
+
+    @property
+    def current(self) -> str | None:
+        """The capture running in this thread (it owns the attachments it makes)."""
+        return getattr(self._local, "current", None)
+
+    @current.setter
+    def current(self, name: str | None) -> None:
+        self._local.current = name
 
     def option(self, name: str, default: Any = None) -> Any:
         """The option ``name``, or ``default`` when it is absent or None."""
@@ -174,26 +186,47 @@ def collect(names: Iterable[str] | None = None, **options: Any) -> dict[str, Any
     if isinstance(names, str):
         names = [names]
     selected = list(_REGISTRY) if names is None else list(dict.fromkeys(names))
+    results: dict[str, tuple[str, Any, float]] = {}
+    # Captures that mostly wait on subprocesses (git's) run in a thread while the others
+    # run here; the manifest is assembled in registration order all the same.
+    background = [n for n in selected if n in _OVERLAP] if len(selected) > 1 else []
+    threads = [threading.Thread(target=_run_into, args=(ctx, name, results),
+                                name=f"replab-capture-{name}", daemon=True)
+               for name in background]
+    for thread in threads:
+        thread.start()
     for name in selected:
-        ctx.current = name
-        start = time.perf_counter()
-        try:
-            fn = _REGISTRY.get(name)
-            if fn is None:
-                raise LookupError(f"no capture named {name!r}; have: {', '.join(_REGISTRY)}")
-            data = fn(ctx) if _wants_context(fn) else fn()
-            manifest["captures"][name] = _as_json(data)
-        except Skip as skip:
-            manifest["skipped"][name] = str(skip) or "not applicable"
-            log.debug("capture %s skipped: %s", name, skip)
-        except Exception as exc:  # a capture must never kill the run
-            manifest["errors"][name] = f"{type(exc).__name__}: {exc}"
-            log.warning("capture %s failed: %s: %s", name, type(exc).__name__, exc)
-            log.debug("capture %s traceback", name, exc_info=True)
-        finally:
-            manifest["timings_ms"][name] = round((time.perf_counter() - start) * 1000, 3)
-    ctx.current = None
+        if name not in background:
+            _run_into(ctx, name, results)
+    for thread in threads:
+        thread.join()
+    for name in selected:
+        section, data, ms = results[name]
+        manifest[section][name] = data
+        manifest["timings_ms"][name] = ms
     return manifest
+
+
+def _run_into(ctx: Context, name: str, results: dict[str, tuple[str, Any, float]]) -> None:
+    """Run capture ``name``; ``results[name]`` = (manifest section, data, ms). Never raises."""
+    ctx.current = name
+    start = time.perf_counter()
+    try:
+        fn = _REGISTRY.get(name)
+        if fn is None:
+            raise LookupError(f"no capture named {name!r}; have: {', '.join(_REGISTRY)}")
+        data = fn(ctx) if _wants_context(fn) else fn()
+        section, value = "captures", _as_json(data)
+    except Skip as skip:
+        section, value = "skipped", str(skip) or "not applicable"
+        log.debug("capture %s skipped: %s", name, skip)
+    except Exception as exc:  # a capture must never kill the run
+        section, value = "errors", f"{type(exc).__name__}: {exc}"
+        log.warning("capture %s failed: %s: %s", name, type(exc).__name__, exc)
+        log.debug("capture %s traceback", name, exc_info=True)
+    finally:
+        ctx.current = None
+    results[name] = (section, value, round((time.perf_counter() - start) * 1000, 3))
 
 
 def manifest_json(manifest: Mapping[str, Any], indent: int | None = None) -> str:
