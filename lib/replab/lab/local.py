@@ -19,7 +19,7 @@ saves are the user's). The lab's directory, logs, ``local.json`` and ``lab.json`
 to other users.
 
 Before MLflow starts, :func:`launch` restores the latest database backup when the database is
-new or empty (:func:`replab.lab.backup.restore_if_new`), so history survives a lost disk.
+new or empty (:func:`replab.lab.backupstore.restore_if_new`), so history survives a lost disk.
 
 State: ``<workdir>/lab/local.json`` (each service's PID with its start time, port, URL,
 ``ready_at`` once it answered; ``last_ports``) and ``<workdir>/lab.json`` (the endpoints;
@@ -50,9 +50,9 @@ from typing import Any
 
 from ..credentials import S3_REGION, SecretsStore
 from ..errors import ConfigError, ResourceTimeout
-from . import backup as _backup
-from . import localpg, localstate, supervisor
-from .backup import BackupInfo, Database
+from . import backupstore, localpg, localstate, supervisor
+from .backupstore import BackupInfo
+from .database import Database
 from .environment import jupyter_secrets, service_env
 from .localpg import DB_NAME, DB_USER, pg_bin_dir, pg_binary
 from .localstate import SERVICES, STATE_SCHEMA, Paths, paths
@@ -459,7 +459,7 @@ class _Launch:
         else:
             self.drop("mlflow")
             if restore:
-                restored = _backup.restore_if_new(cfg, database=db, progress=progress)
+                restored = backupstore.restore_if_new(cfg, db, progress=progress)
             port = _choose_port("mlflow", mlflow_port, self.last.get("mlflow"),
                                 DEFAULT_MLFLOW_PORT, self.notes, progress)
             _start_mlflow(cfg, p, db, port, progress, self.register("mlflow"))

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..credentials import SecretsStore
 from ..errors import ConfigError
-from .backup import Database
+from .database import Database
 from .environment import service_env
 from .supervisor import ServiceFailed, now, say, spawn, wait_ready
 
 if TYPE_CHECKING:
-    from .local import Paths
+    from .localstate import Paths
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ from .. import hostsetup, remote
 from ..errors import CloudError, ConfigError
 from ..hostsetup.service import SCHEDULED, UNIT, systemd_units
 from ..serverlayout import DB_ENV, SERVER_POSTGRES_URI, VERSION_ENV, server_database_uri
-from .backup import (
-    _REASON,
+from .backupstore import (
+    REASON,
     BackupInfo,
+    Bucket,
     Progress,
-    _Bucket,
-    _report,
     latest_backup,
     list_backups,
+    report,
 )
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,12 @@ def prune(cfg, *, keep_recent: int = KEEP_RECENT, keep_daily: int = KEEP_DAILY,
     """Delete the scheduled backups :func:`prune_plan` selects (the sidecar first, so a
     listed backup is always a complete one); returns them."""
     doomed = prune_plan(list_backups(cfg), keep_recent=keep_recent, keep_daily=keep_daily)
-    bucket = _Bucket(cfg)
+    bucket = Bucket(cfg)
     for info in doomed:
         bucket.delete(info.meta_key)
         bucket.delete(info.key)
     if doomed:
-        _report(f"pruned {len(doomed)} scheduled backup(s) from {bucket.location} (kept the "
+        report(f"pruned {len(doomed)} scheduled backup(s) from {bucket.location} (kept the "
                 f"newest {keep_recent} and one a day for {keep_daily} days)", progress)
     return doomed
 
@@ -73,7 +73,7 @@ def backup_on_server(cfg, conn, paths, *, reason: str = "manual",
     ``.env`` gives the PostgreSQL password. Returns the backup it made, read back from the
     bucket. Raises ConfigError (bad reason), CloudError (the command failed there, with its
     output)."""
-    if not _REASON.match(reason):
+    if not REASON.match(reason):
         raise ConfigError([("reason", f"{reason!r}: 1-32 of a-z, 0-9, '-', '_'")])
     env = {DB_ENV: server_database_uri(cfg, paths)}
     version = hostsetup.lab_mlflow_version()
@@ -89,7 +89,7 @@ def backup_on_server(cfg, conn, paths, *, reason: str = "manual",
     if info is None or (before is not None and info.key == before.key):
         raise CloudError(f"the backup on {conn.host} reported {last[0]!r} but the bucket "
                          f"{cfg.buckets.backups} holds no new backup", "replab lab backup")
-    _report(f"backed up the server's MLflow database ({info.runs} runs) to {info.location}",
+    report(f"backed up the server's MLflow database ({info.runs} runs) to {info.location}",
             progress)
     return info
 

@@ -38,7 +38,7 @@ from ..errors import CloudError, ConfigError, ResourceTimeout
 from ..serverlayout import DB_ENV, server_database_uri
 from ..serverlayout import ROOT as ROOT  # noqa: F401  (kept: lab.server.ROOT, SOURCE_PARTS)
 from ..serverlayout import SOURCE_PARTS as SOURCE_PARTS  # noqa: F401
-from . import compose
+from . import backup, compose
 
 log = logging.getLogger(__name__)
 JUPYTER_PORT, MLFLOW_PORT = compose.JUPYTER_PORT, compose.MLFLOW_PORT
@@ -243,8 +243,6 @@ def _restore_postgres(cfg, lab: ServerLab, say, *, timeout: float, interval: flo
 
 def _restore_database(cfg, lab: ServerLab, say) -> str | None:
     """Put the latest backup in place when the server has no sqlite database yet."""
-    from . import backup
-
     if cfg.lab.mlflow_backend != "sqlite":
         return None  # PostgreSQL: _restore_postgres, once its container runs
     conn, paths = lab.conn, lab.paths
