@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ReplabError
+from .lab.localpg import pg_binary
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -48,10 +49,11 @@ def local_prerequisites(cfg) -> list[Check]:
         Check("git", shutil.which("git") is not None, "apt-get install git (replays clone)"),
     ]
     if cfg.lab.mlflow_backend == "postgresql":
-        pg = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob(
-            "*/bin/initdb"))), None) if Path("/usr/lib/postgresql").exists() else None
-        checks.append(Check("postgresql", pg is not None,
-                            "apt-get install postgresql (the lab starts its own cluster)"))
+        try:  # where the launcher looks: $REPLAB_PG_BIN, /usr/lib/postgresql/*/bin, PATH
+            found, detail = True, f"{pg_binary('initdb')} (the lab starts its own cluster)"
+        except ConfigError as exc:
+            found, detail = False, str(exc)
+        checks.append(Check("postgresql", found, detail))
     free = shutil.disk_usage(cfg.workdir_path.parent if cfg.workdir_path.parent.exists()
                              else Path.cwd()).free
     checks.append(Check("disk", free > 2 * 1024**3, f"{free / 1024**3:.1f} GiB free (>= 2)"))
@@ -395,7 +397,7 @@ def _teardown_cloud(cfg, out: Teardown, step, connect: Callable[[], Any], say) -
                     out.kept.append(f"floating IP {entry['name']} (the lease returns it)")
                     continue
                 done = step(f"delete {kind} {entry['name']}", lambda e=entry, f=fn: f(e))
-                if done is not None or kind == "floating_ip":
+                if done is not None:  # None: it failed (in problems), still live
                     state.mark_deleted(kind)
                     out.deleted.append(f"{kind} {entry['name']} ({entry['id']})")
                     say(f"deleted {kind} {entry['name']}")
