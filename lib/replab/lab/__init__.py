@@ -3,7 +3,9 @@
 - ``compose``: the compose spec, built as data from the config (pure), and the ``.env``;
 - ``local``: the ``site=local`` launcher running the same services as processes;
 - ``server``: the lab on the GPU server over SSH (``docker compose up``);
-- ``backup``: MLflow database backups to the ``-backups`` bucket and restore;
+- ``backup``: MLflow database backups to the ``-backups`` bucket and restore (the verbs; they
+  pick the lab's database), over ``backupstore`` (snapshots and restores of a given
+  ``database.Database``) and ``backupbucket`` (S3 or a local directory);
 - ``schedule``: the GPU server's hourly backup timer, pruning, and a backup over SSH.
 
 :func:`launch`, :func:`status` and :func:`stop` pick the right one for the config;
