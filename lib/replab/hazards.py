@@ -122,8 +122,9 @@ def _truthy(value: Any) -> bool:
 
 
 def facts(manifest: Mapping[str, Any] | None, tags: Mapping[str, str] | None = None) -> Facts:
-    """Read seeding, GPU use and determinism switches from a manifest (and the ``replab.seed``
-    tag, which ``replab run --seed`` sets). Pure; raises nothing."""
+    """Read seeding, GPU use and determinism switches from a manifest (and the tags
+    ``replab run --seed`` sets: ``replab.seed`` and ``replab.seeds.seeded``, the generators
+    the program's interpreter really seeded). Pure; raises nothing."""
     tags = as_map(tags)
     caps = as_map(as_map(manifest).get("captures"))
     det = as_map(caps.get("determinism"))
@@ -142,6 +143,10 @@ def facts(manifest: Mapping[str, Any] | None, tags: Mapping[str, str] | None = N
         seed = seeds
     if seed is None and tags.get("replab.seed") not in (None, ""):
         seed = tags["replab.seed"]
+    if seeded_rngs is None and "replab.seeds.seeded" in tags:
+        # `replab run --seed`: what the program's interpreter seeded at start (tracking.
+        # TAG_SEEDED, set by replab's sitecustomize; empty: nothing, e.g. not Python)
+        seeded_rngs = sorted(x for x in str(tags["replab.seeds.seeded"]).split(",") if x)
     # a seed with an empty ``seeded`` list seeded nothing: observed, not assumed
     out = Facts(seeded=seed is not None and seeded_rngs != [], seed=seed,
                 seeded_rngs=seeded_rngs)

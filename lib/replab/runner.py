@@ -122,7 +122,9 @@ def run_command(
         if seed is not None:
             env["PYTHONHASHSEED"] = str(seed)
             env["REPLAB_SEED"] = str(seed)
-            run.set_tags({tracking.TAG_SEED: seed})
+            # nothing is seeded until the program's interpreter says so (_child/
+            # sitecustomize.py seeds random and numpy, and names them in this tag)
+            run.set_tags({tracking.TAG_SEED: seed, tracking.TAG_SEEDED: ""})
         with tempfile.TemporaryDirectory(prefix="replab-run-") as tmp:
             out_path, err_path = Path(tmp, "stdout.txt"), Path(tmp, "stderr.txt")
             with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:

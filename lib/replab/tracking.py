@@ -46,6 +46,8 @@ TAG_ENTRYPOINT = "replab.entrypoint"
 TAG_ENTRY_KIND = "replab.entrypoint.kind"
 TAG_REPLAY_OF = "replab.replay_of"
 TAG_SEED = "replab.seed"
+TAG_SEEDED = "replab.seeds.seeded"  # `replab run --seed`: the generators the program's
+#                                    interpreter seeded at start, comma-separated
 TAG_CAPTURE_ERRORS = "replab.capture.errors"
 TAG_SIGNAL = "replab.signal"  # the signal that ended the run: SIGTERM, SIGKILL...
 TAG_EXIT_CODE = "replab.exit_code"  # set by `replab run`: the program's exit status

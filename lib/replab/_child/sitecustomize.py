@@ -49,6 +49,9 @@ def _replab_attach():
             return original_end(status)
 
         _RUN_ID.append(run_id)
+        seeded = _seed(os.environ.get("REPLAB_SEED"))
+        if seeded is not None:  # observed, not assumed: what this interpreter seeded
+            mlflow.set_tag("replab.seeds.seeded", ",".join(seeded))
         # ActiveRun.__exit__ (``with mlflow.start_run():``) calls fluent.end_run directly.
         fluent = sys.modules["mlflow.tracking.fluent"]
         mlflow.start_run, mlflow.end_run = start_run, end_run
@@ -61,6 +64,26 @@ def _replab_attach():
                 register_post_import_hook(_no_sklearn_plots, "sklearn")
     except Exception as exc:
         print(f"replab: could not attach to run {run_id}: {exc}", file=sys.stderr)
+
+
+def _seed(value):
+    """`replab run --seed N`: seed Python's and NumPy's global generators before the program
+    runs; returns the ones seeded (None without a seed). torch and TensorFlow are not
+    imported here (seconds of start-up): a program using them must seed them itself, and
+    the verdict says they were not seeded by replab."""
+    if not value:
+        return None
+    import random
+
+    seed = int(value)
+    random.seed(seed)
+    seeded = ["random"]
+    try:
+        import numpy
+    except Exception:
+        return seeded
+    numpy.random.seed(seed % 2**32)
+    return [*seeded, "numpy"]
 
 
 def _autolog_options(env):
