@@ -156,7 +156,10 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]],
     r.add_argument("--seed", type=int, help="set PYTHONHASHSEED and REPLAB_SEED for the program")
     _server_options(r)
     r.add_argument("--no-autolog", action="store_true", help="do not switch on autologging")
-    r.add_argument("--log-models", action="store_true", help="let autologging save models")
+    r.add_argument("--log-models", action="store_true",
+                   help="let autologging save models, their signatures and input examples, "
+                        "and scikit-learn's per-fit plots (off: they cost most of "
+                        "autologging's time)")
     r.add_argument("--outputs", action="append", metavar="DIR", default=[],
                    help="a directory (or file) of the program's outputs, relative to its "
                         "working directory (repeatable): its files are hashed, kept and "
