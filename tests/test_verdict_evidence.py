@@ -203,6 +203,11 @@ def test_output_files_are_evidence(tracking_uri, tmp_path):
     assert v.verdict is verdict.Outcome.REPRODUCED, verdict.explain(v)
     assert v.evidence.files == 1 and [f.path for f in v.files] == ["out/result.json"]
     assert "--outputs" in result.execution.command
+    # a typo'd output directory is said, not silently recorded as nothing
+    out = _cli("run", "-e", "evidence", "--no-autolog", "--outputs", "otu", "--",
+               sys.executable, "write.py", cwd=repo)
+    assert out.returncode == 0 and "--outputs otu:" in out.stderr and "does not exist" in \
+        out.stderr
     # the same run from a bundle: the kept output file travels with it
     bundle = replay.export_bundle(original, tmp_path / "run.tar.gz", tracking_uri=tracking_uri)
     source = replay.load_bundle(bundle)

@@ -200,6 +200,12 @@ def _record_outputs(run: tracking.Run, cwd: Path, before, output_dirs: Sequence[
     except Exception as exc:
         log.warning("could not record the output files: %s", exc)
         spec["notes"].append(f"output files not recorded: {exc}")
+    for d in output_dirs:
+        if not (cwd / d).exists():  # a typo, or a program that wrote elsewhere
+            note = (f"--outputs {d}: {cwd / d} does not exist after the run; nothing was "
+                    "recorded from it")
+            print(f"replab: warning: {note}", file=sys.stderr)
+            spec["notes"].append(note)
     _log_spec(run, spec)
 
 
