@@ -18,11 +18,11 @@ from replab.capture import (
     capture,
     collect,
     lock_hash,
-    main,
     manifest_json,
     names,
     unregister,
 )
+from replab.capture.__main__ import main
 from replab.errors import ReplabError
 
 BUILTINS = ["git", "python", "packages", "platform", "gpu", "container", "determinism", "env",

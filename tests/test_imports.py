@@ -16,11 +16,7 @@ PACKAGE = "replab"
 
 #: circles known and owned elsewhere: {frozenset of its modules: why it is still here}. An
 #: entry whose circle is gone fails the test, so that it is removed with the fix.
-KNOWN = {
-    frozenset({"replab.capture", "replab.capture.__main__"}):
-        "replab.capture.main (for cli.py) imports capture.__main__, which imports the "
-        "package: the fix is for cli.py to call replab.capture.__main__.main (issue 14)",
-}
+KNOWN: dict[frozenset, str] = {}
 
 
 def modules(lib: Path = LIB) -> dict[str, Path]:

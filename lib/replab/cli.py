@@ -341,9 +341,9 @@ def build_parser():
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["capture"]:  # its own options: replab capture --only git,python --pretty
-        from . import capture
+        from .capture.__main__ import main as capture_main
 
-        return capture.main(argv[1:])
+        return capture_main(argv[1:])
     args = build_parser().parse_args(argv)
     _absolute_args(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

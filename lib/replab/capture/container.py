@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from replab.capture import capture
 from replab.capture._util import read_text
+from replab.capture.registry import capture
 
 _CGROUP_HINTS = {"docker": "docker", "kubepods": "kubernetes", "containerd": "containerd",
                  "libpod": "podman", "lxc": "lxc", "crio": "cri-o"}

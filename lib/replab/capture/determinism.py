@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from replab.capture import Context, capture
+from replab.capture.registry import Context, capture
 from replab.redact import redact_params
 
 ENV_FLAGS = ("PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG", "TF_DETERMINISTIC_OPS",

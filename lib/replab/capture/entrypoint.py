@@ -29,8 +29,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from replab.capture import Context, capture
 from replab.capture._util import find_git_root, relative_to, sha256_file
+from replab.capture.registry import Context, capture
 from replab.redact import mask, redact_argv, redact_credentials, redact_params, secret_name
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from replab.capture import Context, capture
+from replab.capture.registry import Context, capture
 from replab.redact import redact
 
 ALLOW_PREFIXES = (

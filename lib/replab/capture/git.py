@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from replab.capture import Context, Skip, capture
 from replab.capture._util import run, sha256_file
+from replab.capture.registry import Context, Skip, capture
 from replab.redact import secret_file, strip_url_credentials
 from replab.secretmask import GIT_ATTRIBUTE, mask_added_lines, mask_text, reindex
 

@@ -19,8 +19,8 @@ import os
 import sys
 from typing import Any
 
-from replab.capture import Context, capture
 from replab.capture._util import run, which
+from replab.capture.registry import Context, capture
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from replab.capture import Context, Skip, capture
 from replab.capture._util import find_git_root, relative_to, sha256_file
+from replab.capture.registry import Context, Skip, capture
 from replab.redact import strip_url_credentials
 
 INPUTS_HASH_MAX_BYTES = 4 * 1024**3

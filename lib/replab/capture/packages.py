@@ -17,8 +17,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from replab.capture import capture
 from replab.capture.python import conda_env
+from replab.capture.registry import capture
 from replab.redact import strip_url_credentials
 
 if TYPE_CHECKING:

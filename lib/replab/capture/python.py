@@ -7,7 +7,7 @@ import platform
 import sys
 from typing import Any
 
-from replab.capture import capture
+from replab.capture.registry import capture
 
 
 def conda_env() -> dict[str, Any] | None:

@@ -11,8 +11,8 @@ import platform
 import socket
 from typing import Any
 
-from replab.capture import capture
 from replab.capture._util import read_text
+from replab.capture.registry import capture
 
 
 def os_release(text: str | None = None) -> dict[str, str]:
