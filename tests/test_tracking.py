@@ -146,3 +146,19 @@ def test_a_script_using_the_api_in_a_subprocess(tracking_uri, repo):
     run_id = next(ln for ln in out.stdout.splitlines() if ln.startswith("RUN_ID="))[7:]
     tags = MlflowClient().get_run(run_id).data.tags
     assert tags[tracking.TAG_ENTRYPOINT] == "fit.py"
+
+
+def test_run_info_is_read_without_asking_the_server(tracking_uri):
+    """Reading ``run.info`` (an attribute users expect to be free) makes no request: it
+    still answers with the server gone; ``fetch_info()`` is the request."""
+    from mlflow.tracking import MlflowClient
+
+    with tracking.start_run("t-info", capture=False) as run:
+        assert run.fetch_info().status == "RUNNING"
+        live = run.client
+        run.client = MlflowClient(tracking_uri="http://127.0.0.1:9")  # nothing listens
+        try:
+            assert run.info.run_id == run.run_id
+            assert run.info.experiment_id == run.experiment_id
+        finally:
+            run.client = live

@@ -71,9 +71,10 @@ class Run:
     """An active tracked run. Obtain it from :func:`start_run`; use it as MLflow's client."""
 
     def __init__(self, client, run_id: str, experiment_id: str, batch_size: int = BATCH,
-                 flush_interval: float = FLUSH_INTERVAL):
+                 flush_interval: float = FLUSH_INTERVAL, info: Any = None):
         self.client = client
         self.run_id = run_id
+        self.info = info  # MLflow's RunInfo as the run started (no server call to read it)
         self.experiment_id = experiment_id
         self.batch_size = min(batch_size, BATCH)
         self.manifest: dict[str, Any] | None = None
@@ -147,8 +148,8 @@ class Run:
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    @property
-    def info(self):
+    def fetch_info(self):
+        """MLflow's RunInfo as the server has it now (one request)."""
         return self.client.get_run(self.run_id).info
 
 
@@ -391,7 +392,7 @@ def start_run(
     active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
                               run_name=run_name, log_system_metrics=system_metrics or None)
     run = Run(client, active.info.run_id, active.info.experiment_id, batch_size,
-              flush_interval)
+              flush_interval, info=active.info)
     under_parent = os.environ.get(ENV_PARENT_RUN) == run.run_id  # `replab run` ends it
     installed = termination.install(run._on_signal)
     seeded: dict[str, bool] = {}
