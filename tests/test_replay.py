@@ -97,8 +97,12 @@ def test_unreachable_repository_or_commit_leaves_nothing_behind(tracking_uri, tm
         replay.rebuild_workspace(source, dest, repo=other)
     assert not dest.exists()
     source.manifest["captures"]["git"]["remote_url"] = None
-    with pytest.raises(ReplayError, match="no recorded remote"):
-        replay.rebuild_workspace(source, dest)
+    # no remote: the run's own working copy is cloned while it is on this machine...
+    assert (replay.rebuild_workspace(source, dest) / "train.py").is_file()
+    source.manifest["captures"]["git"]["root"] = str(tmp_path / "gone")
+    with pytest.raises(ReplayError, match="no recorded remote.*not on this machine"):
+        replay.rebuild_workspace(source, tmp_path / "ws2")  # ...and named when it is gone
+    assert not (tmp_path / "ws2").exists()
 
 
 def test_untracked_files_not_captured_are_named(tracking_uri, tmp_path):

@@ -298,9 +298,11 @@ def _split_paths(value: str) -> tuple[str, list[str]]:
     return sep, value.split(sep)
 
 
-def _env(env: Mapping[str, Any]) -> dict[str, Any]:
-    out = flatten(env)
-    if isinstance(out.get("PYTHONPATH"), str):  # `replab run` puts its _child dir first
+def _without_child(env: Mapping[str, Any]) -> dict[str, Any]:
+    """``env`` without the ``_child`` directory `replab run` puts first in PYTHONPATH
+    (before temporary paths are rewritten: the checkout may live under /tmp)."""
+    out = dict(env)
+    if isinstance(out.get("PYTHONPATH"), str):
         sep, parts = _split_paths(out["PYTHONPATH"])
         kept = sep.join(p for p in parts if not _CHILD_DIR.search(p))
         if kept:
@@ -308,6 +310,10 @@ def _env(env: Mapping[str, Any]) -> dict[str, Any]:
         else:
             del out["PYTHONPATH"]
     return out
+
+
+def _env(env: Mapping[str, Any]) -> dict[str, Any]:
+    return flatten(env)
 
 
 def interpreter_locations(manifest_a: Mapping[str, Any],
@@ -323,8 +329,8 @@ def interpreter_locations(manifest_a: Mapping[str, Any],
     found: set[str] = set()
     for py in pys:
         for key in ("executable", "prefix", "virtualenv"):
-            value = _clean(py.get(key))
-            if isinstance(value, str) and value.strip(_SLASHES) and value != "<tmp>":
+            value = py.get(key)  # as captured: a checkout under /tmp is a location too
+            if isinstance(value, str) and value.strip(_SLASHES):
                 found.add(value.rstrip(_SLASHES))
     return tuple(sorted(found, key=lambda p: (-len(p), p)))
 
@@ -387,15 +393,23 @@ def _capture_state(manifest: Mapping[str, Any], name: str) -> str | None:
     return None
 
 
-def layer_values(manifest: Mapping[str, Any], layer: Layer) -> dict[str, Any]:
+def layer_values(manifest: Mapping[str, Any], layer: Layer,
+                 locations: tuple[str, ...] = ()) -> dict[str, Any]:
     """``key: value`` of one layer of ``manifest``, noise removed. Pure; data of an
-    unexpected shape is flattened as it is."""
+    unexpected shape is flattened as it is. ``locations``: interpreter locations
+    (:func:`interpreter_locations`) written as ``<python>`` in the env layer, before
+    temporary paths become ``<tmp>``."""
     if layer.capture is None:
         data: Any = manifest
     else:
         data = _map(manifest.get("captures")).get(layer.capture)
         if data is None:
             return {}
+    if layer.name == "env" and isinstance(data, Mapping):
+        data = _without_child(data)
+        if locations:
+            data = {k: r for k, v in data.items()
+                    if (r := _relocated(k, v, locations)) is not MISSING}
     data = _clean(data)
     try:
         flat = layer.extract(data)
@@ -451,6 +465,8 @@ def env_diff(manifest_a: Mapping[str, Any] | None,
                 out.append(_make(layer.name, "(capture)", state_a, state_b, "changed"))
                 continue
         a, b = layer_values(manifest_a, layer), layer_values(manifest_b, layer)
+        if layer.name == "env":  # compared with the interpreter's location written alike
+            ra, rb = layer_values(manifest_a, layer, here), layer_values(manifest_b, layer, here)
         same_commit = layer.name == "code" and a.get("commit") is not None and \
             a.get("commit") == b.get("commit")
         for key in sorted(set(a) | set(b)):
@@ -461,8 +477,7 @@ def env_diff(manifest_a: Mapping[str, Any] | None,
             va, vb = a.get(key, MISSING), b.get(key, MISSING)
             if _equal(va, vb):
                 continue
-            if layer.name == "env" and _equal(_relocated(key, va, here),
-                                              _relocated(key, vb, here)):
+            if layer.name == "env" and _equal(ra.get(key, MISSING), rb.get(key, MISSING)):
                 continue  # only the interpreter's location differs
             kind = "added" if va is MISSING else "removed" if vb is MISSING else "changed"
             out.append(_make(layer.name, key, None if va is MISSING else va,
