@@ -1,9 +1,22 @@
-"""Writing files that hold secrets."""
+"""Small file helpers of the whole package (standard library only): writing files that
+hold secrets, hashing a file's content."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file's content. Raises OSError."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_private(path: str | os.PathLike, data: str | bytes) -> Path:

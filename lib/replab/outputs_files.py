@@ -18,7 +18,6 @@ anything else differs. A file on one side only is reported as missing.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._files import sha256_file
 from .outputs_printed import DIFFERS, SAME, WITHIN, compare_printed
 
 SPEC = "replab/outputs.json"
@@ -95,14 +95,6 @@ def _rel(path: Path, cwd: Path) -> str:
         return path.as_posix()
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def record_files(files: Mapping[str, Path], keep) -> tuple[list[dict[str, Any]], list[str]]:
     """Hash every file and keep those within the caps through ``keep(path, artifact_dir,
     text_or_None)``; returns the file entries of the spec and notes on what was not kept."""
@@ -115,7 +107,7 @@ def record_files(files: Mapping[str, Path], keep) -> tuple[list[dict[str, Any]],
             break
         try:
             size = path.stat().st_size
-            entry: dict[str, Any] = {"path": rel, "sha256": sha256(path), "size": size,
+            entry: dict[str, Any] = {"path": rel, "sha256": sha256_file(path), "size": size,
                                      "artifact": None}
         except OSError as exc:
             notes.append(f"{rel}: could not be read ({exc})")
@@ -182,7 +174,7 @@ def _as_recorded(value: Path | RecordedFile | str) -> RecordedFile:
     if isinstance(value, RecordedFile):
         return value
     p = Path(value)
-    return RecordedFile(sha256(p), p.stat().st_size, p)
+    return RecordedFile(sha256_file(p), p.stat().st_size, p)
 
 
 @dataclass

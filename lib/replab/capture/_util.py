@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 from collections.abc import Sequence
 
-CHUNK = 1 << 20
+from replab._files import CHUNK, sha256_file  # noqa: F401  (the captures' hashing)
 
 
 def run(args: Sequence[str], cwd: str | None = None, timeout: float = 30,
@@ -23,15 +22,6 @@ def run(args: Sequence[str], cwd: str | None = None, timeout: float = 30,
 def which(program: str) -> str | None:
     """The path of ``program`` on PATH, or None."""
     return shutil.which(program)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """The sha256 hex digest of a file's content. Raises OSError."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_text(path: str | os.PathLike, limit: int = 1 << 20) -> str | None:

@@ -25,7 +25,6 @@ On the GPU server a systemd timer runs ``replab lab backup`` hourly
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .._files import sha256_file
 from ..errors import CloudError, ConfigError
 from ..serverlayout import VERSION_ENV
 from .backupbucket import Bucket, bucket_location
@@ -87,14 +87,6 @@ class BackupInfo:
 
 
 # -- snapshots ---------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _mlflow_version() -> str:
     """The MLflow that writes the database: the one installed here, else (the GPU server,
     whose MLflow runs in the lab's container) ``$REPLAB_MLFLOW_VERSION``, else "unknown"."""
@@ -251,7 +243,7 @@ def backup(cfg, database: Database, *, reason: str = "manual",
                           backend=db.backend, created_at=stamp, reason=reason,
                           mlflow_version=_mlflow_version(), schema_revision=revision,
                           runs=runs, experiments=experiments, size=snap.stat().st_size,
-                          sha256=_sha256(snap))
+                          sha256=sha256_file(snap))
         bucket.put(snap, key)
         meta = Path(tmp) / "meta.json"
         meta.write_text(json.dumps(info.to_dict(), indent=1, sort_keys=True) + "\n")
@@ -379,7 +371,7 @@ def restore(cfg, backup: BackupInfo | str | None, database: Database, *,
     with tempfile.TemporaryDirectory(prefix="replab-restore-") as tmp:
         file = Path(tmp) / f"backup.{EXTENSIONS[info.backend]}"
         bucket.get(info.key, file)
-        digest = _sha256(file)
+        digest = sha256_file(file)
         if digest != info.sha256:
             raise CloudError(f"backup {info.location} does not match its recorded sha256 "
                              f"({digest[:12]}… != {info.sha256[:12]}…): corrupt or replaced")
