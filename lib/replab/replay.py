@@ -52,6 +52,7 @@ from .runrecord import (  # noqa: F401  (re-exported: replay.Source)
     artifact_text,
     fetch_outputs,
     metric_histories,
+    mlflow_client,
     parse_manifest,
     repeated_steps,
 )
@@ -62,12 +63,6 @@ Say = Callable[[str], None]
 
 
 # -- fetching the record ---------------------------------------------------------------------
-def _client(tracking_uri: str | None):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
-
-
 def resolve_run_id(client, run: str, experiment: str | None = None) -> str:
     """``run`` as a run id; ``latest`` means the newest finished, non-replay run of
     ``experiment``. Raises ReplayError when there is none."""
@@ -93,7 +88,7 @@ def fetch(run_id: str, *, tracking_uri: str | None = None, client=None) -> Sourc
     what is missing or corrupt."""
     from mlflow.exceptions import MlflowException
 
-    client = client or _client(tracking_uri)
+    client = client or mlflow_client(tracking_uri)
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
@@ -124,7 +119,7 @@ def export_bundle(run_id: str, output: str | os.PathLike, *,
     Returns it."""
     from .replayworkspace import bundle_files
 
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     source = fetch(run_id, client=client)
     out = Path(output)
     members = {"record.json": json.dumps(source.to_dict(), indent=1, sort_keys=True).encode()}
@@ -206,7 +201,7 @@ def load(run_or_bundle: str, *, experiment: str | None = None,
     """A run id, ``latest`` (with ``experiment``) or a bundle file."""
     if run_or_bundle.endswith((".tar.gz", ".tgz")) or Path(run_or_bundle).is_file():
         return load_bundle(run_or_bundle)
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     return fetch(resolve_run_id(client, run_or_bundle, experiment), client=client)
 
 
@@ -246,7 +241,6 @@ def replay_run(run_or_bundle: str | Source, *, experiment: str | None = None,
     against it. Raises ReplayError when the replay cannot run or records no run.
     """
     from . import report as report_mod
-    from . import spread as spread_mod
     from . import trackingserver
     from . import verdict as verdict_mod
 
@@ -261,7 +255,7 @@ def replay_run(run_or_bundle: str | Source, *, experiment: str | None = None,
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     base = Path(workdir).resolve() / "replays" / f"{source.run_id[:12]}-{stamp}"
     python, mismatches, runs = None, [], []
-    client = _client(uri)
+    client = mlflow_client(uri)
     for i in range(int(repeats)):
         if repeats > 1:
             say(f"repeat {i + 1} of {repeats}")
@@ -279,20 +273,12 @@ def replay_run(run_or_bundle: str | Source, *, experiment: str | None = None,
         runs.append((ws, ex, verdict_mod.fetch_record(client, ex.new_run_id)))
     ws, ex, new = runs[0]
     original = source.record()
-    spreads = spread_mod.measure([r for _, _, r in runs],
-                                 ignore=verdict_mod.IGNORED_METRICS) if len(runs) > 1 else {}
-    judged = spread_mod.centre_record(new, spreads) if spreads else new
     replays = [r for _, _, r in runs]
-    printed_spread = spread_mod.measure_printed(replays, original.outputs)
-    v = verdict_mod.compare(original, judged, tolerances,
-                            measured=spread_mod.tolerances(spreads),
-                            printed_spread=printed_spread)
+    v, judged, spreads = _judge(original, replays, tolerances)
     if spreads:
-        v.notes.append(f"judged against {len(runs)} replays ({spread_mod.RULE}): "
-                       + "; ".join(s.words() for s in spreads.values()))
         v.notes.append("replay runs: " + ", ".join(e.new_run_id for _, e, _ in runs))
     paths = report_mod.write_report(v, original, judged, base / "report",
-                                    [r for _, _, r in runs] if spreads else ())
+                                    replays if spreads else ())
     try:
         report_mod.log_report(client, ex.new_run_id, paths, v)
     except Exception as exc:  # the report is on disk; the server may refuse big artifacts
@@ -334,7 +320,27 @@ def _record(run_or_bundle: str, tracking_uri: str | None):
 
     if run_or_bundle.endswith((".tar.gz", ".tgz")) or Path(run_or_bundle).is_file():
         return record_of(load_bundle(run_or_bundle))
-    return verdict_mod.fetch_record(_client(tracking_uri), run_or_bundle)
+    return verdict_mod.fetch_record(mlflow_client(tracking_uri), run_or_bundle)
+
+
+def _judge(original, replays: list, tolerances=None):
+    """The verdict of ``original`` against one replay, or against the measured spread of
+    several (:mod:`replab.spread`): ``(verdict, the record it was judged against, the
+    metrics' spreads)``."""
+    from . import spread as spread_mod
+    from . import verdict as verdict_mod
+
+    spreads = (spread_mod.measure(replays, ignore=verdict_mod.IGNORED_METRICS)
+               if len(replays) > 1 else {})
+    judged = spread_mod.centre_record(replays[0], spreads) if spreads else replays[0]
+    v = verdict_mod.compare(original, judged, tolerances,
+                            measured=spread_mod.tolerances(spreads),
+                            printed_spread=spread_mod.measure_printed(replays,
+                                                                      original.outputs))
+    if spreads:
+        v.notes.append(f"judged against {len(replays)} replays ({spread_mod.RULE}): "
+                       + "; ".join(s.words() for s in spreads.values()))
+    return v, judged, spreads
 
 
 def verify(run_a: str, run_b: str, *more: str, tracking_uri: str | None = None,
@@ -342,18 +348,8 @@ def verify(run_a: str, run_b: str, *more: str, tracking_uri: str | None = None,
     """The verdict of existing runs (ids or bundle files), ``run_a`` the original. With
     ``more`` replays, their spread is measured (:mod:`replab.spread`) and the original judged
     against it. Returns ``(verdict, original record, judged replay record)``."""
-    from . import spread as spread_mod
-    from . import verdict as verdict_mod
-
     a = _record(run_a, tracking_uri)
-    replays = [_record(r, tracking_uri) for r in (run_b, *more)]
-    spreads = spread_mod.measure(replays, ignore=verdict_mod.IGNORED_METRICS) if more else {}
-    b = spread_mod.centre_record(replays[0], spreads) if spreads else replays[0]
-    v = verdict_mod.compare(a, b, tolerances, measured=spread_mod.tolerances(spreads),
-                            printed_spread=spread_mod.measure_printed(replays, a.outputs))
-    if spreads:
-        v.notes.append(f"judged against {len(replays)} runs ({spread_mod.RULE}): "
-                       + "; ".join(s.words() for s in spreads.values()))
+    v, b, _ = _judge(a, [_record(r, tracking_uri) for r in (run_b, *more)], tolerances)
     return v, a, b
 
 

@@ -18,18 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import outputs, termination, tracking
+from .difference import is_python
 from .errors import ReplayError
-from .runrecord import Source
+from .runrecord import Source, mlflow_client
 
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
-
-
-def _client(tracking_uri: str | None):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
 
 
 # -- re-execution ----------------------------------------------------------------------------
@@ -100,7 +95,7 @@ def command_for(source: Source, workspace: Path, python: str,
         cmd = list(entry.get("command") or [])
         if not cmd:
             raise ReplayError("the recorded command is empty")
-        if Path(cmd[0]).name.startswith("python"):
+        if is_python(cmd[0]):
             cmd[0] = python
         return [python, "-m", "replab.cli", "run", *_run_command_options(source), "--",
                 *cmd], cwd
@@ -163,7 +158,7 @@ def execute(source: Source, workspace: Path, python: str, *,
     scratch = Path(scratch or workspace.parent)
     scratch.mkdir(parents=True, exist_ok=True)
     cmd, cwd = command_for(source, workspace, python, scratch)
-    client = _client(uri)
+    client = mlflow_client(uri)
     new = _create_replay_run(client, source)
     env = dict(os.environ)
     extra = {**determinism_env(source), "MLFLOW_TRACKING_URI": uri,
@@ -210,7 +205,7 @@ def execute(source: Source, workspace: Path, python: str, *,
 
 
 def _find_replay(uri: str, original: str, since_ms: int) -> str | None:
-    client = _client(uri)
+    client = mlflow_client(uri)
     try:
         runs = client.search_runs(
             [e.experiment_id for e in client.search_experiments()],

@@ -170,6 +170,13 @@ class Source:
 
 
 # -- reading a run from a tracking server ----------------------------------------------------
+def mlflow_client(tracking_uri: str | None = None):
+    """An ``MlflowClient`` of ``tracking_uri`` (None: MLflow's own resolution)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
+
+
 def client_uri(client: Any) -> str:
     inner = getattr(client, "_tracking_client", None)
     return str(getattr(inner, "tracking_uri", None) or getattr(client, "tracking_uri", "?"))
@@ -185,9 +192,13 @@ def artifact_text(client: Any, run_id: str, path: str) -> str | None:
         return None
 
 
+def _has_captures(manifest: Any) -> bool:
+    return isinstance(manifest, dict) and isinstance(manifest.get("captures"), dict)
+
+
 def check_manifest(manifest: Any, where: str) -> str | None:
     """None for a manifest this replab reads, else why not."""
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("captures"), dict):
+    if not _has_captures(manifest):
         return f"the manifest of {where} is corrupt: no 'captures' section"
     if manifest.get("schema_version") != 1:
         return (f"the manifest of {where} has schema_version "
@@ -259,13 +270,12 @@ def fetch_record(client: Any, run_id: str) -> RunRecord:
     else:
         try:
             manifest = json.loads(text)
-            problem = check_manifest(manifest, f"run {run_id}")
-            if problem and not isinstance((manifest or {}).get("captures"), dict):
-                manifest, note = None, f"{problem}: not compared"
-            elif problem:
-                note = problem
         except ValueError as exc:
             note = f"{MANIFEST} of run {run_id} is not valid JSON ({exc}): not compared"
+        else:
+            note = check_manifest(manifest, f"run {run_id}")
+            if not _has_captures(manifest):  # another schema version is still compared
+                manifest, note = None, f"{note}: not compared"
     if note:
         log.warning("%s", note)
     spec, printed, files = fetch_outputs(client, run_id)

@@ -75,6 +75,16 @@ def _floor(value: float) -> float:
     return FLOOR_ABS + FLOOR_REL * math.fabs(value)
 
 
+def interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """``(centre, allowed deviation, sd)`` of two or more finite values by :data:`RULE`:
+    identical values allow only the float floor; others the 99% prediction interval."""
+    lo, hi = min(values), max(values)
+    if lo == hi:
+        return lo, _floor(lo), 0.0
+    n, mean, sd = len(values), statistics.fmean(values), statistics.stdev(values)
+    return mean, t995(n - 1) * sd * math.sqrt(1 + 1 / n) + _floor(mean), sd
+
+
 def measure(replays: Sequence[Any], names: Sequence[str] | None = None,
             ignore: Sequence[str] = ()) -> dict[str, MetricSpread]:
     """The spread of each metric over the replays (``RunRecord``s, two or more), at the
@@ -102,18 +112,12 @@ def measure(replays: Sequence[Any], names: Sequence[str] | None = None,
                 spread.deterministic &= same
                 spread.centre[step] = values[0]
                 continue
-            lo, hi = min(finite), max(finite)
-            if lo == hi:
-                spread.centre[step] = lo
-                spread.half_width = max(spread.half_width, _floor(lo))
-                continue
-            spread.deterministic = False
-            mean, sd = statistics.fmean(finite), statistics.stdev(finite)
-            half = t995(n - 1) * sd * math.sqrt(1 + 1 / n) + _floor(mean)
-            spread.max_sd = max(spread.max_sd, sd)
-            spread.centre[step] = mean
-            spread.max_range = max(spread.max_range, hi - lo)
+            spread.centre[step], half, sd = interval(finite)
             spread.half_width = max(spread.half_width, half)
+            if sd:
+                spread.deterministic = False
+                spread.max_sd = max(spread.max_sd, sd)
+                spread.max_range = max(spread.max_range, max(finite) - min(finite))
         out[name] = spread
     return out
 
@@ -141,15 +145,11 @@ def measure_printed(replays: Sequence[Any], spec: Any = None
         numbers = [outputs.printed_numbers(t, masks=masks, paths=outputs.paths_for(r.outputs))
                    for t, r in zip(texts, replays, strict=True)]
         common = set.intersection(*(set(n) for n in numbers))
-        n = len(numbers)
         judged = {}
         for key in common:
             values = [nums[key] for nums in numbers]
-            if not all(math.isfinite(v) for v in values):
-                continue
-            mean = statistics.fmean(values)
-            sd = statistics.stdev(values) if len(set(values)) > 1 else 0.0
-            judged[key] = (mean, t995(n - 1) * sd * math.sqrt(1 + 1 / n) + _floor(mean))
+            if all(math.isfinite(v) for v in values):
+                judged[key] = interval(values)[:2]
         out[stream] = judged
     return out
 
