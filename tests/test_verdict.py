@@ -595,6 +595,10 @@ def test_fetch_record_survives_a_missing_or_corrupt_manifest(client):
     assert rec2.manifest is None and "not valid JSON" in rec2.notes[0]
     v = compare(rec, rec2)
     assert v.verdict is Outcome.INCOMPLETE and "1-2 missing in the replay" in explain(v)
+    listed = client.create_run(exp).info.run_id  # valid JSON, but not a manifest at all
+    client.log_text(listed, "[1, 2]", "replab/manifest.json")
+    rec3 = fetch_record(client, listed)
+    assert rec3.manifest is None and "no 'captures' section" in rec3.notes[0]
     with pytest.raises(ReplayError, match="no run"):
         fetch_record(client, "0" * 32)
 

@@ -204,8 +204,19 @@ def _files(original: RunRecord, replay: RunRecord, tol: Tolerance
     return outputs.compare_files(original.files, replay.files, rel=tol.rel, abs_=tol.abs)
 
 
-def _outcome(rows: list[MetricComparison], printed, files, exits, unfaithful_items
-             ) -> tuple[Outcome, str]:
+def _evidence(rows: list[MetricComparison], printed, files, exits) -> Evidence:
+    return Evidence(metrics=sum(1 for r in rows if r.steps_compared),
+                    points=sum(r.steps_compared for r in rows),
+                    lines=sum(p.lines_compared for p in printed),
+                    numbers=sum(p.numbers_compared for p in printed),
+                    files=sum(1 for f in files if f.status not in (
+                        outputs.MISSING_ORIGINAL, outputs.MISSING_REPLAY)),
+                    exit_codes=exits)
+
+
+def _outcome(rows: list[MetricComparison], printed, files, evidence: Evidence,
+             unfaithful_items, missing_streams: list[str]) -> tuple[Outcome, str]:
+    exits = evidence.exit_codes
     if unfaithful_items:
         return Outcome.NOT_FAITHFUL, ""
     if any(r.status is MetricStatus.OUTSIDE_TOLERANCE for r in rows) or \
@@ -213,9 +224,7 @@ def _outcome(rows: list[MetricComparison], printed, files, exits, unfaithful_ite
             any(f.status == outputs.DIFFERS for f in files) or \
             (exits is not None and exits[0] != exits[1]):
         return Outcome.NOT_REPRODUCED, ""
-    compared = sum(r.steps_compared for r in rows) + sum(p.lines_compared for p in printed) \
-        + sum(f.status in (outputs.SAME, outputs.WITHIN) for f in files)
-    if not compared:
+    if not evidence.any:
         return Outcome.INCOMPLETE, (
             "nothing to compare: neither run logged a metric, printed a line or wrote an "
             "output file replab recorded (an exit code alone is not evidence); log the "
@@ -226,6 +235,8 @@ def _outcome(rows: list[MetricComparison], printed, files, exits, unfaithful_ite
             any(f.status in (outputs.MISSING_ORIGINAL, outputs.MISSING_REPLAY)
                 for f in files):
         return Outcome.INCOMPLETE, "some evidence is missing on one side"
+    if missing_streams:
+        return Outcome.INCOMPLETE, "; ".join(missing_streams)
     if all(r.status is MetricStatus.IDENTICAL for r in rows) and \
             all(p.status == outputs.SAME for p in printed) and \
             all(f.status == outputs.SAME for f in files):
@@ -289,17 +300,8 @@ def compare(original: RunRecord, replay: RunRecord,
     ea, eb = _exit_code(original), _exit_code(replay)
     exits = (ea, eb) if ea is not None and eb is not None else None
     items = unfaithful(original, replay)
-    outcome, why = _outcome(rows, printed, files, exits, items)
-    if missing_streams and outcome in (Outcome.REPRODUCED,
-                                       Outcome.REPRODUCED_WITHIN_TOLERANCE):
-        outcome, why = Outcome.INCOMPLETE, "; ".join(missing_streams)
-    evidence = Evidence(metrics=sum(1 for r in rows if r.steps_compared),
-                        points=sum(r.steps_compared for r in rows),
-                        lines=sum(p.lines_compared for p in printed),
-                        numbers=sum(p.numbers_compared for p in printed),
-                        files=sum(1 for f in files if f.status not in (
-                            outputs.MISSING_ORIGINAL, outputs.MISSING_REPLAY)),
-                        exit_codes=exits)
+    evidence = _evidence(rows, printed, files, exits)
+    outcome, why = _outcome(rows, printed, files, evidence, items, missing_streams)
     notes = [*original.notes, *replay.notes, *missing_streams]
     if ignored:
         notes.append(f"not evidence: {', '.join(ignored)}")
