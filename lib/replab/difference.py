@@ -1,4 +1,5 @@
-"""The vocabulary shared by :mod:`replab.envdiff` and :mod:`replab.hazards`: one
+"""The vocabulary shared by :mod:`replab.envdiff`, :mod:`replab.hazards` and
+:mod:`replab.faithfulness`: one
 :class:`Difference` between two runs, key patterns, and the small readers of manifest data.
 
 Pure; only the standard library is imported.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import PurePath
 from typing import Any
 
 MISSING: Any = object()  # a key absent on one side (None values count as absent too)
@@ -61,3 +63,16 @@ def as_map(value: Any) -> Mapping[str, Any]:
 def normalize_package(name: str) -> str:
     """A distribution name as pip compares it: ``PyYAML`` -> ``pyyaml``, ``a_b.c`` -> ``a-b-c``."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def is_python(word: Any) -> bool:
+    """Whether a command's first word runs a Python interpreter (``python``, ``python3.11``,
+    ``/venv/bin/python``): the word a replay replaces with the interpreter it chose."""
+    return PurePath(str(word)).name.startswith("python")
+
+
+def command_by_name(command: Iterable[Any]) -> list[str]:
+    """A recorded command with its interpreter by name (``python``), as original and replay
+    compare it."""
+    cmd = [str(w) for w in command]
+    return ["python", *cmd[1:]] if cmd and is_python(cmd[0]) else cmd

@@ -88,7 +88,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .difference import MISSING, Difference, matches
+from .difference import MISSING, Difference, command_by_name, matches
 from .difference import as_map as _map
 from .difference import normalize_package as _normalize_package
 from .hazards import (
@@ -264,10 +264,9 @@ def _packages(pkgs: Mapping[str, Any]) -> dict[str, Any]:
 
 def _entrypoint(entry: Mapping[str, Any]) -> dict[str, Any]:
     data = dict(entry)
-    cmd = data.get("command")
-    if isinstance(cmd, list) and cmd and str(cmd[0]).rsplit("/", 1)[-1].startswith("python"):
+    if isinstance(data.get("command"), list):
         # a replay runs `python ...` with the interpreter it chose (replab.replayexec)
-        data["command"] = ["python", *cmd[1:]]
+        data["command"] = command_by_name(data["command"])
     if isinstance(data.get("source"), str):  # a notebook: its code, not its saved outputs
         data["code_sha256"] = _sha(data["source"])
         data.pop("sha256", None)

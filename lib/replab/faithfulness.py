@@ -29,8 +29,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import PurePath
 from typing import Any
+
+from .difference import command_by_name
 
 TAG_RUN_OPTIONS = "replab.run.options"  # JSON written by `replab run`
 TAG_SEED = "replab.seed"
@@ -95,11 +96,6 @@ def _code(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Unfaithful]:
     return out
 
 
-def _interpreter(word: str) -> str:
-    name = PurePath(word).name
-    return "python" if name.startswith("python") else word
-
-
 def _entry(caps: Mapping[str, Any]) -> dict[str, Any]:
     e = caps.get("entrypoint")
     if not isinstance(e, Mapping):
@@ -107,8 +103,7 @@ def _entry(caps: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: e.get(k) for k in ("kind", "path", "module", "argv", "cwd", "parameters")
            if e.get(k) not in (None, "", [], {})}
     if e.get("command"):
-        cmd = [str(w) for w in e["command"]]
-        out["command"] = [_interpreter(cmd[0]), *cmd[1:]]
+        out["command"] = command_by_name(e["command"])
     if out.get("cwd") == ".":
         del out["cwd"]
     return out
