@@ -10,6 +10,13 @@ That order is step, then timestamp, then the order MLflow returns within equal t
 autologging logs every fit at step 0) keeps its logged sequence; sorting by value, as
 replab did before bundle version 2, pairs the wrong points.
 
+A run whose process recorded a metrics snapshot (:mod:`replab.metricsnapshot`, written by
+``replab.tracking`` and ``replab run``) is read from it, one download instead of one
+request per metric, for every key whose latest point agrees with the server; the snapshot
+also knows the logging order of points with equal step and timestamp (the server returns
+those ordered by value). Other keys, and every key of a run without a (readable) snapshot,
+are read from the server.
+
 Bundles: version 2 stores metric histories in logged order. A version-1 bundle (written
 sorted by step, then value) is exact for every metric logged at most once per step; a
 version-1 bundle holding a metric with several values at one step cannot be repaired
@@ -33,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import outputs
+from . import metricsnapshot, outputs
 from .errors import CloudError, ReplayError
 from .tracking import MANIFEST
 
@@ -60,11 +67,22 @@ def metric_history(client: Any, run_id: str, key: str) -> Points:
 
 
 def metric_histories(client: Any, run_id: str, keys: Any,
-                     readers: int = HISTORY_READERS) -> dict[str, Points]:
-    """:func:`metric_history` of each key, keys sorted; up to ``readers`` keys read at
-    once (the points and their order are those of one-by-one reading). Raises what the
-    client raises for the first key that fails."""
+                     readers: int = HISTORY_READERS, *, run: Any = None) -> dict[str, Points]:
+    """The history of each key, keys sorted. A key the run's metrics snapshot holds and
+    agrees on with the server (:func:`snapshot_histories`; ``run``: the run as
+    ``get_run`` gave it, saving that request) comes from the snapshot; the others are
+    :func:`metric_history`, up to ``readers`` keys read at once (the points and their
+    order are those of one-by-one reading). Raises what the client raises for the first
+    key that fails."""
     keys = sorted(keys)
+    known = snapshot_histories(client, run_id, keys, run)
+    read = server_histories(client, run_id, [k for k in keys if k not in known], readers)
+    return {key: known[key] if key in known else read[key] for key in keys}
+
+
+def server_histories(client: Any, run_id: str, keys: list[str],
+                     readers: int = HISTORY_READERS) -> dict[str, Points]:
+    """:func:`metric_history` of each of ``keys``, up to ``readers`` at once."""
     if readers <= 1 or len(keys) <= 1:
         return {key: metric_history(client, run_id, key) for key in keys}
     from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +91,34 @@ def metric_histories(client: Any, run_id: str, keys: Any,
                             thread_name_prefix="replab-history") as pool:
         futures = [pool.submit(metric_history, client, run_id, key) for key in keys]
         return {key: future.result() for key, future in zip(keys, futures, strict=True)}
+
+
+def snapshot_histories(client: Any, run_id: str, keys: list[str], run: Any = None
+                       ) -> dict[str, Points]:
+    """The histories of ``keys`` that the run's :data:`metricsnapshot.ARTIFACT` can give:
+    those whose latest point there is the run's latest point as the server reports it (a
+    point logged past the snapshot, by another process or after the run ended, shows
+    there). No snapshot: {}; a corrupt one: {} and a warning naming it."""
+    if not keys:
+        return {}
+    data = artifact_bytes(client, run_id, metricsnapshot.ARTIFACT)
+    if data is None:
+        return {}
+    try:
+        snapshot = metricsnapshot.decode(data, run_id)
+    except metricsnapshot.SnapshotError as exc:
+        log.warning("the metrics snapshot %s of run %s is unreadable (%s): its metrics are "
+                    "read from the tracking server", metricsnapshot.ARTIFACT, run_id, exc)
+        return {}
+    try:
+        run = run if run is not None else client.get_run(run_id)
+        # RunData keeps the Metric entities (step, timestamp) behind its {key: value} view
+        server = {m.key: (m.step, m.timestamp, m.value) for m in run.data._metric_objs}
+    except Exception as exc:
+        log.debug("latest metrics of %s unavailable: %s", run_id, exc)
+        return {}
+    usable = metricsnapshot.usable_keys(snapshot, {k: server[k] for k in keys if k in server})
+    return metricsnapshot.histories(snapshot, sorted(usable))
 
 
 def repeated_steps(metrics: dict[str, Points]) -> list[str]:
@@ -184,9 +230,19 @@ def client_uri(client: Any) -> str:
 
 def artifact_text(client: Any, run_id: str, path: str) -> str | None:
     """The text of one artifact of the run; None when it is absent or unreadable."""
+    data = artifact_bytes(client, run_id, path)
+    try:
+        return None if data is None else data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        log.debug("artifact %s of %s is not UTF-8: %s", path, run_id, exc)
+        return None
+
+
+def artifact_bytes(client: Any, run_id: str, path: str) -> bytes | None:
+    """The bytes of one artifact of the run; None when it is absent or unreadable."""
     try:
         with tempfile.TemporaryDirectory(prefix="replab-record-") as tmp:
-            return Path(client.download_artifacts(run_id, path, tmp)).read_text("utf-8")
+            return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
     except Exception as exc:
         log.debug("artifact %s of %s unavailable: %s", path, run_id, exc)
         return None
@@ -259,7 +315,7 @@ def fetch_record(client: Any, run_id: str) -> RunRecord:
                               f"{client_uri(client)}") from exc
         raise CloudError(f"cannot read run {run_id} from {client_uri(client)}: {exc}") from exc
     try:
-        metrics = metric_histories(client, run_id, run.data.metrics)
+        metrics = metric_histories(client, run_id, run.data.metrics, run=run)
     except Exception as exc:
         raise CloudError(f"cannot read the metrics of run {run_id} from "
                          f"{client_uri(client)}: {exc}") from exc

@@ -29,7 +29,7 @@ import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from . import datasets, envsummary, termination
+from . import datasets, envsummary, metricsnapshot, termination
 from .errors import CloudError
 from .metricbuffer import FLUSH_INTERVAL, MetricBuffer
 
@@ -83,6 +83,7 @@ class Run:
         self._buffer = MetricBuffer(self._send, self.batch_size, flush_interval,
                                     name=f"replab-metrics-{run_id[:8]}")
         self._steps: dict[str, int] = {}
+        self._snapshot: metricsnapshot.Hold | None = None  # recording its metrics snapshot
 
     # -- metrics ---------------------------------------------------------------------------
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None,
@@ -337,6 +338,7 @@ def _end_run(run: Run, status: str) -> None:
     `replab run` that leaves it to the parent, which records the exit status)."""
     import mlflow
 
+    metricsnapshot.release(run._snapshot, run.client)  # after the last points are sent
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run.run_id:
         mlflow.end_run(status=status)
@@ -394,6 +396,8 @@ def start_run(
     run = Run(client, active.info.run_id, active.info.experiment_id, batch_size,
               flush_interval, info=active.info)
     under_parent = os.environ.get(ENV_PARENT_RUN) == run.run_id  # `replab run` ends it
+    # every point this process logs to a run it started (a resumed one has others' points)
+    run._snapshot = metricsnapshot.hold(run.run_id) if run_id is None else None
     installed = termination.install(run._on_signal)
     seeded: dict[str, bool] = {}
     if seed is not None:
@@ -445,6 +449,7 @@ def start_run(
         if under_parent:
             with contextlib.suppress(Exception):
                 client.delete_tag(run.run_id, TAG_OPEN)
+        metricsnapshot.release(run._snapshot, client)
         mlflow.end_run(status=status)
 
 

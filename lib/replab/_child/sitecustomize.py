@@ -49,6 +49,7 @@ def _replab_attach():
             return original_end(status)
 
         _RUN_ID.append(run_id)
+        _replab_snapshot(run_id)
         seeded = _seed(os.environ.get("REPLAB_SEED"))
         if seeded is not None:  # observed, not assumed: what this interpreter seeded
             mlflow.set_tag("replab.seeds.seeded", ",".join(seeded))
@@ -64,6 +65,29 @@ def _replab_attach():
                 register_post_import_hook(_no_sklearn_plots, "sklearn")
     except Exception as exc:
         print(f"replab: could not attach to run {run_id}: {exc}", file=sys.stderr)
+
+
+def _replab_snapshot(run_id):
+    """Record every metric point this process logs to the run and upload the metrics
+    snapshot at exit (replab.metricsnapshot; loaded by path where this interpreter has no
+    replab). Only warns."""
+    try:
+        try:
+            from replab import metricsnapshot
+        except ImportError:
+            import importlib.util
+
+            path = os.path.join(os.path.dirname(_here_dir()), "metricsnapshot.py")
+            spec = importlib.util.spec_from_file_location("_replab_metricsnapshot", path)
+            metricsnapshot = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(metricsnapshot)
+        metricsnapshot.start_for_process(run_id)
+    except Exception as exc:
+        print(f"replab: no metrics snapshot for run {run_id}: {exc}", file=sys.stderr)
+
+
+def _here_dir():
+    return os.path.dirname(os.path.abspath(__file__))
 
 
 def _seed(value):
