@@ -1,6 +1,10 @@
 """The ``packages`` capture: every installed distribution, and a pip-installable lock.
 
-Found through ``importlib.metadata`` (no ``pip freeze`` subprocess). Only the lines of each
+Found as ``importlib.metadata`` finds them (no ``pip freeze`` subprocess), but from the
+``sys.path`` directory listings here: importing ``importlib.metadata`` (and the ``email``,
+``zipfile``, ``csv`` packages it pulls in) cost more of ``replab capture``'s start-up than
+reading every distribution. It is still asked for what the listings cannot show: a zip file on
+the path, and a custom finder of distributions on ``sys.meta_path``. Only the lines of each
 ``METADATA`` header up to Name and Version are read, which is several times faster than the
 email parser behind ``Distribution.metadata`` (and than reading whole files). Installs from a
 directory, an archive or a VCS are recorded with their source from ``direct_url.json``
@@ -14,7 +18,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from importlib.machinery import PathFinder
 from typing import TYPE_CHECKING, Any
 
 from replab.capture.python import conda_env
@@ -23,6 +29,8 @@ from replab.redact import strip_url_credentials
 
 if TYPE_CHECKING:
     import importlib.metadata as md
+
+    Found = str | md.Distribution  # a metadata directory, or what importlib.metadata found
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +91,19 @@ def _file_header(path: str) -> tuple[str | None, str | None] | None:
         os.close(fd)
 
 
-def _header(dist: md.Distribution) -> tuple[str | None, str | None]:
+def _directory(dist: Found) -> str | None:
+    """The metadata directory of ``dist``; None for one in a zip file (or elsewhere)."""
+    if isinstance(dist, str):
+        return dist
     base = getattr(dist, "_path", None)
-    if isinstance(base, os.PathLike):  # a PathDistribution: no pathlib, no whole-file read
+    return os.fspath(base) if isinstance(base, os.PathLike) else None
+
+
+def _header(dist: Found) -> tuple[str | None, str | None]:
+    base = _directory(dist)
+    if base is not None:  # no pathlib, no whole-file read
         for meta in ("METADATA", "PKG-INFO"):
-            found = _file_header(os.path.join(os.fspath(base), meta))
+            found = _file_header(os.path.join(base, meta))
             if found is not None:
                 return found
         return None, None
@@ -95,10 +111,10 @@ def _header(dist: md.Distribution) -> tuple[str | None, str | None]:
     return _name_version(text.split("\n\n", 1)[0].splitlines())
 
 
-def _direct_url(dist: md.Distribution) -> dict[str, Any] | None:
-    base = getattr(dist, "_path", None)
-    if isinstance(base, os.PathLike):
-        path = os.path.join(os.fspath(base), "direct_url.json")
+def _direct_url(dist: Found) -> dict[str, Any] | None:
+    base = _directory(dist)
+    if base is not None:
+        path = os.path.join(base, "direct_url.json")
         if not os.path.exists(path):  # a stat: most installs have none
             return None
         try:
@@ -119,6 +135,56 @@ def _direct_url(dist: md.Distribution) -> dict[str, Any] | None:
         data["url"] = strip_url_credentials(data["url"])
         return data
     return None
+
+
+def distributions(paths: Iterable[str] | None = None) -> Iterator[Found]:
+    """The distributions on ``paths`` (default ``sys.path``) in the order of
+    ``importlib.metadata.distributions(path=paths)``: each a metadata directory, or the
+    Distribution importlib.metadata found for a zip file on the path (or, with a custom
+    finder on ``sys.meta_path``, for everything). Raises nothing for unreadable entries."""
+    paths = sys.path if paths is None else list(paths)
+    if any(finder is not PathFinder and getattr(finder, "find_distributions", None)
+           for finder in sys.meta_path):
+        yield from _metadata().distributions(path=paths)
+        return
+    for root in paths:
+        if not isinstance(root, (str, os.PathLike)):
+            continue
+        root = os.fspath(root)
+        found = _metadata_dirs(root)
+        if found is not None:
+            yield from found
+        elif os.path.isfile(root):  # perhaps a zip file
+            yield from _metadata().distributions(path=[root])
+
+
+def _metadata_dirs(root: str) -> list[str] | None:
+    """The metadata directories in the path entry ``root``, as importlib.metadata's
+    ``Lookup`` orders them: ``*.dist-info`` and ``*.egg-info`` grouped by the name before
+    their first dash, in listing order, then an egg's ``EGG-INFO``. None when ``root`` cannot
+    be listed."""
+    try:
+        children = os.listdir(root or ".")
+    except Exception:  # what FastPath.children tolerates
+        return None
+    base_is_egg = os.path.basename(root).lower().endswith(".egg")
+    infos: dict[str, list[str]] = {}
+    eggs: list[str] = []
+    for child in children:
+        low = child.lower()
+        if low.endswith((".dist-info", ".egg-info")):
+            key = _NORMALIZE.sub("-", low.rpartition(".")[0].partition("-")[0])
+            infos.setdefault(key, []).append(os.path.join(root, child))
+        elif base_is_egg and low == "egg-info":
+            eggs.append(os.path.join(root, child))
+    return [path for group in infos.values() for path in group] + eggs
+
+
+def _metadata():
+    # only for a zip file on the path or a custom finder: it pulls in email.*, zipfile, csv
+    import importlib.metadata
+
+    return importlib.metadata
 
 
 def requirement(name: str, version: str, direct_url: Mapping[str, Any] | None) -> str:
@@ -165,11 +231,8 @@ def installed(paths: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """The distributions importable from ``paths`` (default ``sys.path``), first one wins per
     name as for ``importlib``; each ``{"name", "version", "direct_url"}``. Raises nothing for
     a broken distribution (it is logged and left out)."""
-    import importlib.metadata as md  # here, not at module level: it pulls in email.*
-
     seen: dict[str, dict[str, Any]] = {}
-    finder = md.distributions(path=list(paths)) if paths is not None else md.distributions()
-    for dist in finder:
+    for dist in distributions(paths):
         try:
             name, version = _header(dist)
         except (OSError, UnicodeDecodeError) as exc:
