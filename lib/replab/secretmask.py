@@ -49,8 +49,8 @@ import functools
 import hashlib
 import re
 from bisect import bisect_right
+from collections import namedtuple
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 
 from .redact import ELLIPSIS, mask, redact_credentials, token_triggers
 
@@ -399,15 +399,13 @@ def mask_text(text: str, path: str = "") -> tuple[str, int]:
     return "".join(out), changed
 
 
-@dataclass(frozen=True)
-class MaskedDiff:
-    """What :func:`mask_added_lines` did: the diff, how many added lines changed, and the
-    files whose assignments were masked (for the per-file opt-out)."""
+class MaskedDiff(namedtuple("MaskedDiff", "diff lines paths files", defaults=((),))):
+    """What :func:`mask_added_lines` did: the ``diff``, how many added ``lines`` changed, the
+    ``paths`` whose assignments were masked (the per-file opt-out applies to them) and the
+    ``files`` with any masked line (for :func:`reindex`). A namedtuple, not a dataclass:
+    importing dataclasses (with inspect and ast) slowed ``replab capture``'s start-up."""
 
-    diff: str
-    lines: int
-    paths: tuple[str, ...]  # files whose assignments were masked (the opt-out applies to them)
-    files: tuple[str, ...] = ()  # files with any masked line (for :func:`reindex`)
+    __slots__ = ()
 
 
 def _unquote(name: str) -> str:

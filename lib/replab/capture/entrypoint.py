@@ -19,14 +19,13 @@ Secrets on command lines and in parameters are hidden (:mod:`replab.redact`).
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import logging
 import os
 import re
 import sys
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import Any
 
 from replab.capture._util import find_git_root, relative_to, sha256_file
@@ -45,13 +44,12 @@ _PM_ONE_VALUE = {
 }
 
 
-@dataclass
-class NotebookRef:
-    """Where a kernel's notebook was found: the source notebook and/or the executed copy."""
+class NotebookRef(namedtuple("NotebookRef", "path output detected_by", defaults=(None, None))):
+    """Where a kernel's notebook was found: the source ``path`` and/or the executed copy
+    (``output``), and how (``detected_by``). A namedtuple: importing dataclasses (with
+    inspect and ast) would cost ``replab capture``'s start-up more than this module."""
 
-    path: str | None
-    output: str | None = None
-    detected_by: str | None = None
+    __slots__ = ()
 
 
 def parse_papermill_argv(argv: list[str]) -> tuple[str | None, str | None] | None:
@@ -182,6 +180,8 @@ def _tags(cell: dict[str, Any]) -> list[str]:
 def literal_assignments(source: str) -> dict[str, Any]:
     """The ``name = literal`` assignments of a Python parameters cell. Pure; a cell that does
     not parse gives {}."""
+    import ast  # here: only notebooks need it, and every capture's start-up would pay it
+
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -289,14 +289,17 @@ def notebook_entry(ctx: Context, ref: NotebookRef, root: str | None) -> dict[str
     return info
 
 
-_ASSIGN_LINE = re.compile(r"^(\s*([A-Za-z_]\w*)\s*(?::[^=]*)?=\s*)(.*?)(\s+#.*)?$")
+# compiled (and cached) by re on first use: only notebooks need it
+_ASSIGN_LINE = r"^(\s*([A-Za-z_]\w*)\s*(?::[^=]*)?=\s*)(.*?)(\s+#.*)?$"
 
 
 def redact_assignments(source: str) -> str:
     """A parameters cell with the values of secret-named variables masked. Pure."""
+    import ast  # here: only notebooks need it, and every capture's start-up would pay it
+
     lines = []
     for line in source.splitlines():
-        m = _ASSIGN_LINE.match(line)
+        m = re.match(_ASSIGN_LINE, line)
         if m and secret_name(m.group(2)):
             try:
                 value = ast.literal_eval(m.group(3))

@@ -12,13 +12,11 @@ races the user's own git commands.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from replab.capture._util import run, sha256_file
@@ -79,18 +77,19 @@ def toplevel(path: str) -> str:
     return os.fsdecode(out.rstrip(b"\n"))
 
 
-@dataclass
 class Status:
-    """``git status --porcelain=v2 --branch -z``, parsed."""
+    """``git status --porcelain=v2 --branch -z``, parsed. (A plain class, not a dataclass:
+    importing dataclasses, with inspect and ast, was a tenth of ``replab capture``'s start-up.)"""
 
-    commit: str | None = None
-    branch: str | None = None
-    detached: bool = False
-    upstream: str | None = None
-    staged: int = 0
-    unstaged: int = 0
-    unmerged: int = 0
-    untracked: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.commit: str | None = None
+        self.branch: str | None = None
+        self.detached = False
+        self.upstream: str | None = None
+        self.staged = 0
+        self.unstaged = 0
+        self.unmerged = 0
+        self.untracked: list[str] = []
 
 
 def parse_status(raw: bytes) -> Status:
@@ -224,6 +223,8 @@ def _keep_diff(ctx: Context, raw: bytes) -> dict[str, Any]:
     try:
         return {"diff": raw.decode("utf-8")}
     except UnicodeDecodeError:  # a text file in another encoding: keep the exact bytes
+        import base64  # here: rarely needed, and every capture's start-up would pay it
+
         return {"diff": None, "diff_base64": base64.b64encode(raw).decode("ascii")}
 
 
@@ -237,6 +238,8 @@ def detach_diff(info: Mapping[str, Any]) -> tuple[dict[str, Any], bytes] | None:
     if info.get("diff"):
         raw = info["diff"].encode("utf-8", "surrogateescape")
     elif info.get("diff_base64"):
+        import base64  # here: rarely needed, and every capture's start-up would pay it
+
         raw = base64.b64decode(info["diff_base64"])
     else:
         return None

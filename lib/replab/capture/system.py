@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 from typing import Any
 
 from replab.capture._util import read_text
@@ -72,7 +71,8 @@ def platform_info() -> dict[str, Any]:
                                                  "VERSION_CODENAME") if k in release},
         "kernel": uname.release,
         "kernel_version": uname.version,
-        "hostname": socket.gethostname(),
+        # platform's node is gethostname() (its own fallback); socket would cost start-up
+        "hostname": uname.node,
         "machine": uname.machine,
         "platform": platform.platform(),
         "cpu_model": cpu_model() if uname.system == "Linux" else (platform.processor() or None),
