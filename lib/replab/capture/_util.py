@@ -19,6 +19,34 @@ def run(args: Sequence[str], cwd: str | None = None, timeout: float = 30,
                           stdin=subprocess.DEVNULL, check=False)
 
 
+def start(args: Sequence[str], cwd: str | None = None,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``args`` (a list) with stdout and stderr piped, to be awaited by :func:`finish`
+    while other work goes on. Raises FileNotFoundError when the program (or ``cwd``) is
+    missing."""
+    return subprocess.Popen(list(args), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Wait for ``proc`` (from :func:`start`) and return it completed, as :func:`run` does.
+    Raises subprocess.TimeoutExpired after ``timeout`` seconds (the process killed)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` (from :func:`start`) if it still runs and reap it. Raises nothing."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
 def which(program: str) -> str | None:
     """The path of ``program`` on PATH, or None."""
     return shutil.which(program)

@@ -1,10 +1,11 @@
 """The ``git`` capture: commit, branch, remote, and everything a replay needs to rebuild the
 working tree (the diff against HEAD and the untracked files).
 
-Three git calls on a clean tree (rev-parse, status, config) and a fourth (diff) when tracked
-files changed. The diff, of any size, is kept once: as the attachment ``diff.patch`` when the
-capture has an ``artifacts_dir`` (a tracked run logs it as ``replab/diff.patch``; the manifest
-holds its ``diff_sha256``, ``diff_bytes`` and ``diff_attachment``, not its text), inline in the
+Three git calls on a clean tree (rev-parse, status, config), run at once (the capture waits
+for the slowest, not for the sum), and a fourth (diff) when tracked files changed. The diff,
+of any size, is kept once: as the attachment ``diff.patch`` when the capture has an
+``artifacts_dir`` (a tracked run logs it as ``replab/diff.patch``; the manifest holds its
+``diff_sha256``, ``diff_bytes`` and ``diff_attachment``, not its text), inline in the
 manifest otherwise (``replab capture`` without ``--artifacts-dir``: there is nowhere else).
 ``GIT_OPTIONAL_LOCKS=0`` keeps ``git status`` from taking the index lock, so a capture never
 races the user's own git commands.
@@ -16,10 +17,11 @@ import hashlib
 import logging
 import os
 import stat
+import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from replab.capture._util import run, sha256_file
+from replab.capture._util import finish, sha256_file, start, stop
 from replab.capture.registry import Context, Skip, capture
 from replab.redact import secret_file, strip_url_credentials
 from replab.secretmask import GIT_ATTRIBUTE, mask_added_lines, mask_text, reindex
@@ -52,23 +54,40 @@ def _git_env() -> dict[str, str]:
 def git(args: list[str], cwd: str, ok_codes: tuple[int, ...] = (0,)) -> bytes:
     """Run ``git args`` in ``cwd`` and return stdout. Raises Skip when git is not installed,
     GitError on an unexpected exit status."""
+    return _output(args, _start(args, cwd), ok_codes)
+
+
+def _start(args: list[str], cwd: str) -> subprocess.Popen:
     try:
-        proc = run(["git", *args], cwd=cwd, env=_git_env())
+        return start(["git", *args], cwd=cwd, env=_git_env())
     except FileNotFoundError as exc:
         raise Skip("git is not installed") from exc
-    if proc.returncode not in ok_codes:
-        message = proc.stderr.decode("utf-8", "replace").strip()
-        raise GitError(f"git {args[0]} exited {proc.returncode}: {message}")
-    return proc.stdout
 
 
-def toplevel(path: str) -> str:
-    """The root of the work tree containing ``path``. Raises Skip outside a repository,
+def _output(args: list[str], proc: subprocess.Popen, ok_codes: tuple[int, ...] = (0,)) -> bytes:
+    """The stdout of ``git args`` started as ``proc``. Raises GitError on an unexpected exit
+    status."""
+    done = finish(proc)
+    if done.returncode not in ok_codes:
+        message = done.stderr.decode("utf-8", "replace").strip()
+        raise GitError(f"git {args[0]} exited {done.returncode}: {message}")
+    return done.stdout
+
+
+_TOPLEVEL = ["rev-parse", "--show-toplevel"]
+# porcelain paths are relative to the root wherever git runs: status need not wait for it
+_STATUS = ["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all"]
+_REMOTES = ["config", "--get-regexp", r"^remote\..*\.url$"]
+
+
+def toplevel(path: str, proc: subprocess.Popen | None = None) -> str:
+    """The root of the work tree containing ``path`` (``proc``: ``git rev-parse
+    --show-toplevel`` already started there). Raises Skip outside a repository,
     FileNotFoundError when ``path`` does not exist."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"repository path {path} does not exist")
     try:
-        out = git(["rev-parse", "--show-toplevel"], cwd=path)
+        out = _output(_TOPLEVEL, proc or _start(_TOPLEVEL, path))
     except GitError as exc:
         text = str(exc).lower()
         if "not a git repository" in text or "must be run in a work tree" in text:
@@ -336,12 +355,21 @@ def untracked_files(ctx: Context, root: str, paths: list[str]) -> dict[str, Any]
 def git_info(ctx: Context) -> dict[str, Any]:
     """Commit, branch, remote and working-tree changes of the repository holding
     ``ctx.repo``. Raises Skip outside a git work tree or without git."""
-    root = toplevel(ctx.repo)
-    ctx.cache["git_root"] = root
-    status = parse_status(git(
-        ["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all"], cwd=root))
-    remotes = parse_remotes(git(
-        ["config", "--get-regexp", r"^remote\..*\.url$"], cwd=root, ok_codes=(0, 1)))
+    path = ctx.repo
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"repository path {path} does not exist")
+    procs: list[subprocess.Popen] = []
+    try:
+        for args in (_TOPLEVEL, _STATUS, _REMOTES):  # all three at once
+            procs.append(_start(args, path))
+        root = toplevel(path, procs[0])
+        ctx.cache["git_root"] = root
+        status = parse_status(_output(_STATUS, procs[1]))
+        remotes = parse_remotes(_output(_REMOTES, procs[2], ok_codes=(0, 1)))
+    finally:
+        for proc in procs:
+            if proc.returncode is None:  # not awaited: an earlier call failed
+                stop(proc)
     remote = _pick_remote(remotes, status.upstream)
     tracked_changes = status.staged + status.unstaged + status.unmerged
     info: dict[str, Any] = {
