@@ -20,19 +20,18 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from . import termination, tracking
+from . import tracking
 from .errors import ConfigError
 from .faithfulness import TAG_RUN_OPTIONS
 from .outputs import STREAM_ARTIFACTS
+from .runchild import Child
 
 log = logging.getLogger(__name__)
 CHILD_DIR = Path(__file__).resolve().parent / "_child"
@@ -46,13 +45,6 @@ class CommandResult:
     run_id: str
     experiment_id: str
     returncode: int
-
-
-def _tee(src: IO[bytes], sinks: list) -> None:
-    for chunk in iter(lambda: src.read1(65536), b""):
-        for sink in sinks:
-            sink.write(chunk)
-            sink.flush()
 
 
 def run_command(
@@ -100,72 +92,68 @@ def run_command(
     # (replab.replay) and the verdict can tell a replay made otherwise (replab.faithfulness).
     options = {"autolog": bool(autolog), "log_models": bool(log_models), "seed": seed,
                "params": {str(k): str(v) for k, v in (params or {}).items()}}
-    with tracking.start_run(experiment, params, seed=None, repo=cwd, entrypoint=entry,
-                            replay_of=replay_of, tracking_uri=tracking_uri,
-                            tags={"replab.run.command": " ".join(command)[:5000],
-                                  TAG_RUN_OPTIONS: json.dumps(options, sort_keys=True)}
-                            ) as run:
-        import mlflow
-
-        env = dict(os.environ)
-        env.update({
-            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
-            "MLFLOW_EXPERIMENT_ID": run.experiment_id,
-            "REPLAB_RUN_ID": run.run_id,
-            tracking.ENV_PARENT_RUN: run.run_id,
-            "REPLAB_AUTOLOG": "1" if autolog else "0",
-            "REPLAB_LOG_MODELS": "1" if log_models else "0",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(CHILD_DIR),
-                                                         env.get("PYTHONPATH")])),
-        })
-        env.pop("MLFLOW_RUN_ID", None)
-        if seed is not None:
-            env["PYTHONHASHSEED"] = str(seed)
-            env["REPLAB_SEED"] = str(seed)
-            # nothing is seeded until the program's interpreter says so (_child/
-            # sitecustomize.py seeds random and numpy, and names them in this tag)
-            run.set_tags({tracking.TAG_SEED: seed, tracking.TAG_SEEDED: ""})
-        with tempfile.TemporaryDirectory(prefix="replab-run-") as tmp:
-            out_path, err_path = Path(tmp, "stdout.txt"), Path(tmp, "stderr.txt")
-            with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
+    env = dict(os.environ)
+    env.update({
+        "REPLAB_AUTOLOG": "1" if autolog else "0",
+        "REPLAB_LOG_MODELS": "1" if log_models else "0",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(CHILD_DIR), env.get("PYTHONPATH")])),
+    })
+    env.pop("MLFLOW_RUN_ID", None)
+    if seed is not None:
+        env["PYTHONHASHSEED"] = str(seed)
+        env["REPLAB_SEED"] = str(seed)
+    with tempfile.TemporaryDirectory(prefix="replab-run-") as tmp:
+        child = Child(command, cwd, env, Path(tmp), echo=echo)
+        # A Python program starts now and imports MLflow while the run is made; it runs
+        # only once released, after the capture (replab.runchild).
+        child.start_gated()
+        released = False
+        try:
+            with tracking.start_run(experiment, params, seed=None, repo=cwd, entrypoint=entry,
+                                    replay_of=replay_of, tracking_uri=tracking_uri,
+                                    tags={"replab.run.command": " ".join(command)[:5000],
+                                          TAG_RUN_OPTIONS: json.dumps(options, sort_keys=True)}
+                                    ) as run:
+                if seed is not None:
+                    # nothing is seeded until the program's interpreter says so (_child/
+                    # sitecustomize.py seeds random and numpy, and names them in this tag)
+                    run.set_tags({tracking.TAG_SEED: seed, tracking.TAG_SEEDED: ""})
                 try:
-                    proc = subprocess.Popen(list(command), cwd=cwd, env=env,
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                except OSError as exc:
+                    child.release(_run_env(run))
+                except ConfigError as exc:
                     run.end_status = "FAILED"
                     run.log_text(f"could not start {command[0]!r}: {exc}\n", STDERR)
-                    raise ConfigError([("command", f"cannot run {command[0]!r}: {exc}")]
-                                      ) from exc
-                sinks_out = [out_f] + ([sys.stdout.buffer] if echo else [])
-                sinks_err = [err_f] + ([sys.stderr.buffer] if echo else [])
-                threads = [threading.Thread(target=_tee, args=(proc.stdout, sinks_out)),
-                           threading.Thread(target=_tee, args=(proc.stderr, sinks_err))]
-                for t in threads:
-                    t.start()
-                # SIGTERM to us goes on to the program (its own handler saves its metrics);
-                # we end the run when it is gone.
-                try:
-                    with termination.forwarded(proc.send_signal):
-                        rc = proc.wait()
-                except KeyboardInterrupt:
-                    proc.terminate()
-                    rc = proc.wait()
+                    raise
+                released = True
+                rc = child.wait()
+                if child.interrupted:
                     run.end_status = "KILLED"
-                for t in threads:
-                    t.join()
-            for path, name in ((out_path, STDOUT), (err_path, STDERR)):
-                text = path.read_bytes().decode("utf-8", "replace")
-                try:
-                    run.log_text(scrub_text(text), name)
-                except Exception as exc:
-                    log.warning("could not keep %s: %s", name, exc)
-        if output_evidence:
-            _record_outputs(run, cwd, before, output_dirs, compare_stderr, masks, no_masks)
-        else:
-            _log_spec(run, {"version": 1, "evidence": False})
-        run.log_metrics({"replab.exit_code": rc}, step=0)
-        _record_exit(run, rc)
+                for name, artifact in (("stdout", STDOUT), ("stderr", STDERR)):
+                    try:
+                        run.log_text(scrub_text(child.output(name)), artifact)
+                    except Exception as exc:
+                        log.warning("could not keep %s: %s", artifact, exc)
+                if output_evidence:
+                    _record_outputs(run, cwd, before, output_dirs, compare_stderr, masks,
+                                    no_masks)
+                else:
+                    _log_spec(run, {"version": 1, "evidence": False})
+                run.log_metrics({"replab.exit_code": rc}, step=0)
+                _record_exit(run, rc)
+        finally:
+            if not released:  # no run (server unreachable, Ctrl-C): the program never ran
+                child.cancel()
     return CommandResult(run.run_id, run.experiment_id, rc)
+
+
+def _run_env(run: tracking.Run) -> dict[str, str]:
+    """The variables the program gets once its run exists: the run it attaches to."""
+    import mlflow  # imported by tracking.start_run already
+
+    return {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+            "MLFLOW_EXPERIMENT_ID": run.experiment_id,
+            "REPLAB_RUN_ID": run.run_id,
+            tracking.ENV_PARENT_RUN: run.run_id}
 
 
 def _log_spec(run: tracking.Run, spec: dict[str, Any]) -> None:

@@ -23,6 +23,35 @@ import os
 import sys
 
 
+def _replab_gate():
+    """Started before its run existed (replab.runchild): import MLflow while the parent
+    creates the run, then wait until it hands over the run's variables. An empty gate (the
+    parent failed or was interrupted) ends this interpreter before the program runs."""
+    fd = os.environ.pop("REPLAB_GATE_FD", None)
+    if not fd:
+        return
+    try:
+        if os.environ.get("REPLAB_AUTOLOG", "1") == "1":
+            try:
+                import mlflow  # noqa: F401  (the seconds the gate exists to overlap)
+            except Exception:
+                pass  # _replab_attach says so
+        chunks = []
+        while True:
+            chunk = os.read(int(fd), 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(int(fd))
+    except KeyboardInterrupt:  # Ctrl-C reached the whole process group: the parent cancels
+        os._exit(130)
+    if not chunks:
+        os._exit(0)
+    import json
+
+    os.environ.update(json.loads(b"".join(chunks)))
+
+
 def _replab_attach():
     run_id = os.environ.pop("REPLAB_RUN_ID", None)
     if not run_id:
@@ -136,6 +165,7 @@ def _no_sklearn_plots(_module):
 
 
 _RUN_ID = []
+_replab_gate()
 _replab_attach()
 
 # Chain to a sitecustomize that ours shadows, if any.
