@@ -10,7 +10,11 @@ import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Name rules (checked on the parts of a name: HF_TOKEN -> HF, TOKEN; apiKey -> API, KEY).
 # A part containing one of these is secret anywhere in the name (CLIENTSECRET, DB_PASSWORD)...

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import PurePath
-from typing import Any
 
 from replab.capture.registry import (  # noqa: F401  (re-exported: the package's API)
     _REGISTRY,
@@ -38,6 +37,11 @@ from replab.capture.registry import (  # noqa: F401  (re-exported: the package's
     names,
     unregister,
 )
+
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,14 @@ and systemd-nspawn, Kubernetes variables); the image name and digest come from
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from replab.capture._util import read_text
 from replab.capture.registry import capture
+
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _CGROUP_HINTS = {"docker": "docker", "kubepods": "kubernetes", "containerd": "containerd",
                  "libpod": "podman", "lxc": "lxc", "crio": "cri-o"}

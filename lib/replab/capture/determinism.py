@@ -12,10 +12,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
 
 from replab.capture.registry import Context, capture
 from replab.redact import redact_params
+
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 ENV_FLAGS = ("PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG", "TF_DETERMINISTIC_OPS",
              "TF_CUDNN_DETERMINISTIC", "TF_ENABLE_ONEDNN_OPTS", "NVIDIA_TF32_OVERRIDE",

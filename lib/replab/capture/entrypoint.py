@@ -26,11 +26,15 @@ import os
 import re
 import sys
 from collections import namedtuple
-from typing import Any
 
 from replab.capture._util import find_git_root, relative_to, sha256_file
 from replab.capture.registry import Context, capture
 from replab.redact import mask, redact_argv, redact_credentials, redact_params, secret_name
+
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from replab.capture.registry import Context, capture
 from replab.redact import redact
+
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 ALLOW_PREFIXES = (
     "CUDA_", "CUDNN_", "CUBLAS_", "NVIDIA_", "NCCL_", "ROCM_", "HIP_", "HSA_", "ROCR_",

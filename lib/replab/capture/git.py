@@ -19,12 +19,16 @@ import os
 import stat
 import subprocess
 from collections.abc import Mapping
-from typing import Any
 
 from replab.capture._util import finish, sha256_file, start, stop
 from replab.capture.registry import Context, Skip, capture
 from replab.redact import secret_file, strip_url_credentials
 from replab.secretmask import GIT_ATTRIBUTE, mask_added_lines, mask_text, reindex
+
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

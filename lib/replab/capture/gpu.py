@@ -17,10 +17,14 @@ import json
 import logging
 import os
 import sys
-from typing import Any
 
 from replab.capture._util import run, which
 from replab.capture.registry import Context, capture
+
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

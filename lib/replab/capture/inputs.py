@@ -20,11 +20,15 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from replab.capture._util import find_git_root, relative_to, sha256_file
 from replab.capture.registry import Context, Skip, capture
 from replab.redact import strip_url_credentials
+
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 INPUTS_HASH_MAX_BYTES = 4 * 1024**3
 # ``name:rest`` with a 2+ letter scheme (``C:`` is a Windows drive) and no ``//`` after it

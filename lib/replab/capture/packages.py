@@ -21,14 +21,16 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from importlib.machinery import PathFinder
-from typing import TYPE_CHECKING, Any
 
 from replab.capture.python import conda_env
 from replab.capture.registry import capture
 from replab.redact import strip_url_credentials
 
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import importlib.metadata as md
+    from typing import Any
 
     Found = str | md.Distribution  # a metadata directory, or what importlib.metadata found
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Any
 
 from replab.capture.registry import capture
+
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def conda_env() -> dict[str, Any] | None:

@@ -9,11 +9,15 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from replab.errors import ReplabError
 
-CaptureFn = Callable[..., Any]
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+CaptureFn = Callable[..., "Any"]
 _REGISTRY: dict[str, CaptureFn] = {}
 
 

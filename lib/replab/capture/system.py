@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any
 
 from replab.capture._util import read_text
 from replab.capture.registry import capture
+
+# typing's TYPE_CHECKING, without importing typing (a cost to `replab capture` start-up)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def os_release(text: str | None = None) -> dict[str, str]:
