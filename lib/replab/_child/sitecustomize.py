@@ -13,10 +13,11 @@
 # - log_datasets: off: a digest of the training data and one more request per fit; replab's
 #   own inputs capture records the data (replab.capture.inputs).
 # - log_traces: off: GenAI tracing hooks, nothing a training script needs.
-# - scikit-learn's per-fit plots (confusion matrix, ROC and PR curves): off unless
-#   --log-models. MLflow has no option for them, so mlflow.sklearn.utils' artifact list is
-#   emptied when sklearn is imported (_no_sklearn_plots); drawing and uploading them was
-#   most of autologging's time (bench/bench_run.py). The metrics stay.
+# - scikit-learn's per-fit plots (confusion matrix, ROC and PR curves) and estimator.html:
+#   off unless --log-models. MLflow has no option for them, so mlflow.sklearn.utils' artifact
+#   step is stopped when sklearn is imported (_no_sklearn_plots); drawing and uploading them
+#   (and importing matplotlib for them) was most of autologging's time (bench/bench_run.py).
+#   The metrics stay.
 # - exclusive stays False: autologging lands in the program's own (reused) run too.
 # REPLAB_AUTOLOG_DEFAULTS=1 gives MLflow's defaults instead (for bench/bench_run.py --options).
 import os
@@ -154,14 +155,28 @@ def _plots_wanted(env):
 
 
 def _no_sklearn_plots(_module):
-    """No confusion-matrix/ROC/PR plots per classifier fit (no MLflow option turns them off;
-    drawing and uploading them was most of autologging's cost). Metrics stay."""
+    """No confusion-matrix/ROC/PR plots and no estimator.html per classifier fit (no MLflow
+    option turns them off; drawing and uploading them was most of autologging's cost).
+    Metrics stay."""
     try:
         from mlflow.sklearn import utils
     except Exception:
         return
     if callable(getattr(utils, "_get_classifier_artifacts", None)):
-        utils._get_classifier_artifacts = lambda *args, **kwargs: []
+        # Raising (not returning []) also skips what follows it in MLflow: importing
+        # matplotlib.pyplot (about 0.7 s) and uploading an empty folder. MLflow catches it
+        # (``silent``: no warning) and keeps the metrics it computed before.
+        utils._get_classifier_artifacts = _plots_off
+    if callable(getattr(utils, "_log_estimator_html", None)):
+        utils._log_estimator_html = lambda *args, **kwargs: None  # an upload per fit
+
+
+class _PlotsOff(Exception):
+    pass
+
+
+def _plots_off(*_args, **_kwargs):
+    raise _PlotsOff("replab run: per-fit plots are off (--log-models brings them back)")
 
 
 _RUN_ID = []
