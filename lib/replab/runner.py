@@ -106,25 +106,33 @@ def run_command(
         child = Child(command, cwd, env, Path(tmp), echo=echo)
         # A Python program starts now and imports MLflow while the run is made; it runs
         # only once released, after the capture (replab.runchild).
-        child.start_gated()
+        gated = child.start_gated()
+        tags = {"replab.run.command": " ".join(command)[:5000],
+                TAG_RUN_OPTIONS: json.dumps(options, sort_keys=True)}
+        if seed is not None:
+            # nothing is seeded until the program's interpreter says so (_child/
+            # sitecustomize.py seeds random and numpy, and names them in this tag)
+            tags.update({tracking.TAG_SEED: seed, tracking.TAG_SEEDED: ""})
+
+        def release(run: tracking.Run) -> None:
+            nonlocal released
+            try:
+                child.release(_run_env(run))
+            except ConfigError as exc:
+                run.end_status = "FAILED"
+                run.log_text(f"could not start {command[0]!r}: {exc}\n", STDERR)
+                raise
+            released = True
+
         released = False
         try:
+            # a held program is let go as soon as the run and its capture exist (the
+            # capture's upload overlaps the program); another starts once all is recorded
             with tracking.start_run(experiment, params, seed=None, repo=cwd, entrypoint=entry,
-                                    replay_of=replay_of, tracking_uri=tracking_uri,
-                                    tags={"replab.run.command": " ".join(command)[:5000],
-                                          TAG_RUN_OPTIONS: json.dumps(options, sort_keys=True)}
-                                    ) as run:
-                if seed is not None:
-                    # nothing is seeded until the program's interpreter says so (_child/
-                    # sitecustomize.py seeds random and numpy, and names them in this tag)
-                    run.set_tags({tracking.TAG_SEED: seed, tracking.TAG_SEEDED: ""})
-                try:
-                    child.release(_run_env(run))
-                except ConfigError as exc:
-                    run.end_status = "FAILED"
-                    run.log_text(f"could not start {command[0]!r}: {exc}\n", STDERR)
-                    raise
-                released = True
+                                    replay_of=replay_of, tracking_uri=tracking_uri, tags=tags,
+                                    ready=release if gated else None) as run:
+                if not gated:
+                    release(run)
                 rc = child.wait()
                 if child.interrupted:
                     run.end_status = "KILLED"

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import datasets, envsummary, metricsnapshot, termination
@@ -364,6 +364,7 @@ def start_run(
     entrypoint: Mapping[str, Any] | None = None,
     batch_size: int = BATCH,
     flush_interval: float = FLUSH_INTERVAL,
+    ready: Callable[[Run], None] | None = None,
 ) -> Iterator[Run]:
     """Start (or, with ``run_id``, resume) a tracked MLflow run; yields a :class:`Run`.
 
@@ -373,8 +374,9 @@ def start_run(
     (handled only when started from the main thread, in front of any handler already there,
     and put back at the end) the metrics are flushed and the run KILLED. ``sys.exit(0)``
     inside the block ends it FINISHED. Metrics are sent at least every ``flush_interval``
-    seconds (0: only in batches and at the end). Raises CloudError when the tracking server
-    cannot be reached.
+    seconds (0: only in batches and at the end). ``ready(run)`` is called once the run has
+    its params, tags and capture, before the capture is uploaded (``replab run`` lets its
+    program start there). Raises CloudError when the tracking server cannot be reached.
     """
     import mlflow
 
@@ -415,7 +417,9 @@ def start_run(
             run.set_tags(extra_tags)
         if capture:
             _capture_into(run, repo=repo, seed=seed, seeded=seeded, inputs=inputs,
-                          entrypoint=entrypoint, params=params)
+                          entrypoint=entrypoint, params=params, ready=ready)
+        elif ready is not None:
+            ready(run)
         yield run
     except KeyboardInterrupt:
         status = "KILLED"
@@ -453,7 +457,8 @@ def start_run(
         mlflow.end_run(status=status)
 
 
-def _capture_into(run: Run, *, repo, seed, seeded, inputs, entrypoint, params) -> None:
+def _capture_into(run: Run, *, repo, seed, seeded, inputs, entrypoint, params,
+                  ready: Callable[[Run], None] | None = None) -> None:
     from . import capture as capture_mod
 
     with tempfile.TemporaryDirectory(prefix="replab-capture-") as tmp:
@@ -468,8 +473,12 @@ def _capture_into(run: Run, *, repo, seed, seeded, inputs, entrypoint, params) -
             manifest = capture_mod.collect(**options)
         except Exception as exc:  # collect never raises; belt and braces for a training run
             log.warning("capture failed: %s", exc)
-            return
+            manifest = None
         run.manifest = manifest
+        if ready is not None:
+            ready(run)
+        if manifest is None:
+            return
         record_manifest(run, manifest, tmp)
         # relative input paths are relative to the repository root the capture used
         root = ((manifest.get("captures") or {}).get("git") or {}).get("root")
