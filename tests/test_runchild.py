@@ -74,3 +74,28 @@ def test_which_commands_can_be_held():
     assert not gateable(["python", "-I", "train.py"])
     assert not gateable(["python", "-uS", "train.py"])
     assert not gateable([])
+
+
+LOADS_MLFLOW_IF_ASKED = """\
+import sys
+print("mlflow loaded at start:", "mlflow" in sys.modules)
+if sys.argv[1:] == ["log"]:
+    import mlflow
+    with mlflow.start_run():  # the tracked run, reused, not a second one
+        mlflow.log_metric("own", 2.0)
+"""
+
+
+def test_no_autolog_loads_mlflow_only_for_a_program_that_imports_it(tracking_uri, tmp_path):
+    repo = make_repo(tmp_path / "p", {"lazy.py": LOADS_MLFLOW_IF_ASKED})
+    client = MlflowClient()
+    for args in ([], ["log"]):
+        out = _replab("run", "-e", "t-gate-lazy", "--no-autolog", "--", sys.executable,
+                      "lazy.py", *args, cwd=repo)
+        assert out.returncode == 0, out.stderr
+        assert "mlflow loaded at start: False" in out.stdout
+        run = client.get_run(_run_id(out.stderr))
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics.get("own") == (2.0 if args else None)
+    runs = client.search_runs([run.info.experiment_id])
+    assert len(runs) == 2  # one per replab run, the program's start_run() made none

@@ -103,6 +103,8 @@ def run_command(
         env["PYTHONHASHSEED"] = str(seed)
         env["REPLAB_SEED"] = str(seed)
     with tempfile.TemporaryDirectory(prefix="replab-run-") as tmp:
+        seeded_file = Path(tmp, "seeded.txt")  # _child/sitecustomize.py names what it seeded
+        env["REPLAB_SEEDED_FILE"] = str(seeded_file)
         child = Child(command, cwd, env, Path(tmp), echo=echo)
         # A Python program starts now and imports MLflow while the run is made; it runs
         # only once released, after the capture (replab.runchild).
@@ -111,7 +113,7 @@ def run_command(
                 TAG_RUN_OPTIONS: json.dumps(options, sort_keys=True)}
         if seed is not None:
             # nothing is seeded until the program's interpreter says so (_child/
-            # sitecustomize.py seeds random and numpy, and names them in this tag)
+            # sitecustomize.py seeds random and numpy, and names them in seeded_file)
             tags.update({tracking.TAG_SEED: seed, tracking.TAG_SEEDED: ""})
 
         def release(run: tracking.Run) -> None:
@@ -136,6 +138,8 @@ def run_command(
                 rc = child.wait()
                 if child.interrupted:
                     run.end_status = "KILLED"
+                if seeded_file.exists():
+                    run.set_tags({tracking.TAG_SEEDED: seeded_file.read_text()})
                 for name, artifact in (("stdout", STDOUT), ("stderr", STDERR)):
                     try:
                         run.log_text(scrub_text(child.output(name)), artifact)

@@ -57,11 +57,25 @@ def _replab_attach():
     run_id = os.environ.pop("REPLAB_RUN_ID", None)
     if not run_id:
         return
+    if os.environ.get("REPLAB_AUTOLOG", "1") != "1":
+        # --no-autolog: MLflow is loaded only if the program imports it (seconds saved for
+        # one that does not); the attach happens then.
+        _report_seeded(_seed(os.environ.get("REPLAB_SEED")))
+        sys.meta_path.insert(0, _AttachOnImport(run_id))
+        return
     try:
         import mlflow
     except Exception as exc:  # mlflow missing in this interpreter: run untracked inside
         print(f"replab: no autologging in the child ({exc})", file=sys.stderr)
+        _report_seeded(_seed(os.environ.get("REPLAB_SEED")))
         return
+    _attach(mlflow, run_id, autolog=True)
+    _report_seeded(_seed(os.environ.get("REPLAB_SEED")))
+
+
+def _attach(mlflow, run_id, autolog):
+    """Make ``run_id`` MLflow's active run in this process, the program's own top-level
+    start_run()/end_run() reuse it, and (``autolog``) switch autologging on."""
     try:
         mlflow.start_run(run_id=run_id)
         original_start, original_end = mlflow.start_run, mlflow.end_run
@@ -80,14 +94,11 @@ def _replab_attach():
 
         _RUN_ID.append(run_id)
         _replab_snapshot(run_id)
-        seeded = _seed(os.environ.get("REPLAB_SEED"))
-        if seeded is not None:  # observed, not assumed: what this interpreter seeded
-            mlflow.set_tag("replab.seeds.seeded", ",".join(seeded))
         # ActiveRun.__exit__ (``with mlflow.start_run():``) calls fluent.end_run directly.
         fluent = sys.modules["mlflow.tracking.fluent"]
         mlflow.start_run, mlflow.end_run = start_run, end_run
         fluent.start_run, fluent.end_run = start_run, end_run
-        if os.environ.get("REPLAB_AUTOLOG", "1") == "1":
+        if autolog:
             mlflow.autolog(**_autolog_options(os.environ))
             if not _plots_wanted(os.environ):
                 from mlflow.utils.import_hooks import register_post_import_hook
@@ -95,6 +106,46 @@ def _replab_attach():
                 register_post_import_hook(_no_sklearn_plots, "sklearn")
     except Exception as exc:
         print(f"replab: could not attach to run {run_id}: {exc}", file=sys.stderr)
+
+
+class _AttachOnImport:
+    """A finder that steps aside at the program's first ``import mlflow`` and attaches to
+    the run once the package has loaded."""
+
+    def __init__(self, run_id):
+        self.run_id = run_id
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "mlflow":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module, run_id = loader.exec_module, self.run_id
+
+        def exec_then_attach(module):
+            exec_module(module)
+            _attach(module, run_id, autolog=False)
+
+        loader.exec_module = exec_then_attach
+        return spec
+
+
+def _report_seeded(seeded):
+    """Tell replab run which generators this interpreter seeded (observed, not assumed):
+    it tags the run with them (replab.seeds.seeded)."""
+    path = os.environ.pop("REPLAB_SEEDED_FILE", None)
+    if seeded is None or not path:
+        return
+    try:
+        with open(path, "w") as fh:
+            fh.write(",".join(seeded))
+    except OSError as exc:
+        print(f"replab: could not report the seeded generators: {exc}", file=sys.stderr)
 
 
 def _replab_snapshot(run_id):
