@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import stat
+import uuid
 
 import pytest
 import yaml
@@ -147,6 +148,39 @@ def test_deleted_or_tampered_credentials_are_rotated(local_openstack, demo_auth,
     out = credentials.delete_credentials(demo_auth, store)
     assert [o.action for o in out] == ["deleted", "deleted"]
     assert credentials.delete_credentials(demo_auth, store)[0].action == "none"
+
+
+def test_without_the_member_role_the_credential_warns_it_has_every_role(
+        local_openstack, tmp_path):
+    """A user holding only ``reader`` in the project: least privilege is not available, so
+    the credential carries the login's roles, and the outcome says so (it was silent)."""
+    admin = local_openstack.connection("admin")
+    demo = local_openstack.demo
+    password = uuid.uuid4().hex
+    user = admin.identity.create_user(name=unique_name("reader"), password=password,
+                                      domain_id="default", default_project_id=demo.project_id)
+    store = SecretsStore(tmp_path / "wd")
+    try:
+        admin.identity.assign_project_role_to_user(demo.project_id, user,
+                                                   admin.identity.find_role("reader"))
+        login = tmp_path / "clouds.yaml"
+        login.write_text(yaml.safe_dump({"clouds": {"reader": {"auth": {
+            "auth_url": local_openstack.auth_url, "username": user.name,
+            "password": password, "project_name": demo.project,
+            "user_domain_name": "Default", "project_domain_name": "Default"}}}}))
+        auth = credentials.authenticate(local_openstack.auth_url, env={},
+                                        clouds_file=str(login))
+        assert "member" not in auth.roles
+        out = credentials.ensure_application_credential(
+            auth, unique_name("replab-reader"), dt.datetime.now(dt.timezone.utc)
+            + dt.timedelta(days=1), store)
+        saved = store.credentials()["application_credential"]
+        assert out.action == "created" and sorted(saved["roles"]) == sorted(auth.roles)
+        assert "WARNING" in out.detail and "'member' role" in out.detail
+        assert "reader" in out.detail and saved["secret"] not in out.detail
+        credentials.delete_credentials(auth, store)
+    finally:
+        admin.identity.delete_user(user, ignore_missing=True)
 
 
 def test_a_restricted_application_credential_cannot_mint_more_and_says_why(

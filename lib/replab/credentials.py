@@ -375,7 +375,8 @@ def ensure_application_credential(auth: Auth, name: str, expires_at: _dt.datetim
     stored one still works and lasts until ``min_expires_at`` (default ``expires_at``); a
     stale one of that name is replaced.
 
-    Roles: ``roles`` where the user holds them (least privilege), else the token's roles.
+    Roles: ``roles`` where the user holds them (least privilege), else the token's roles,
+    with a warning in the outcome (and the log) naming them and the role to ask for.
     Raises CloudError when Keystone refuses (e.g. a restricted application credential in
     the environment may not create another one).
     """
@@ -394,7 +395,15 @@ def ensure_application_credential(auth: Auth, name: str, expires_at: _dt.datetim
         _call(auth, "DELETE", f"/users/{auth.user_id}/application_credentials/{old['id']}",
               ok=(204, 404))
         replaced.append(old["id"])
-    wanted = [r for r in roles if r in auth.roles] or list(auth.roles)
+    wanted = [r for r in roles if r in auth.roles]
+    warning = ""
+    if not wanted:  # least privilege is not available: say what the credential can do
+        wanted = list(auth.roles)
+        warning = (f"; WARNING: you hold none of the roles {', '.join(roles)} in this project, "
+                   f"so it carries every role of your login ({', '.join(wanted) or 'none'}): "
+                   f"its secret can do all you can here. Ask the project's manager for the "
+                   f"{roles[0]!r} role, then run this again to replace it")
+        log.warning("application credential %s%s", name, warning)
     body = {"application_credential": {
         "name": name, "description": "replab: the lab's object-store access (rclone, Swift)",
         "expires_at": _iso(expires_at), "roles": [{"name": r} for r in wanted],
@@ -413,7 +422,7 @@ def ensure_application_credential(auth: Auth, name: str, expires_at: _dt.datetim
     action = "replaced" if replaced else "created"
     return Outcome("application credential", action,
                    f"{name} ({created['id']}), roles {', '.join(wanted)}, restricted, expires "
-                   f"{_iso(expires_at)}")
+                   f"{_iso(expires_at)}{warning}")
 
 
 def ensure_ec2_credential(auth: Auth, store: SecretsStore) -> Outcome:
