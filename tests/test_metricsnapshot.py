@@ -80,6 +80,7 @@ for v in {values}:
     mlflow.log_metric("own", v, step=0, timestamp={t})
 mlflow.log_metrics({{"pair": 1.0, "other": 2.0}}, step=3)
 mlflow.log_metric("own", 42.0, step=1, synchronous=False)
+mlflow.flush_async_logging()  # MLflow may drop what is queued at exit (then: the server's)
 """
 
 

@@ -132,10 +132,11 @@ def start(run_id: str) -> Recorder:
         return rec
 
 
-def finish(run_id: str, client: Any) -> bool:
+def finish(run_id: str, client: Any, combine: bool = True) -> bool:
     """Release one hold on ``run_id``'s recorder; the last upload the snapshot through
-    ``client`` (an ``MlflowClient``). True when a snapshot was uploaded. Never raises:
-    failures are warned about (the run is then read from the server)."""
+    ``client`` (an ``MlflowClient``), merged with one another process uploaded before
+    (``combine``). True when a snapshot was uploaded. Never raises: failures are warned
+    about (the run is then read from the server)."""
     with _registry_lock:
         rec = _recorders.get(run_id)
         if rec is None or rec.pid != os.getpid():
@@ -146,7 +147,7 @@ def finish(run_id: str, client: Any) -> bool:
         del _recorders[run_id]
     try:
         snapshot = rec.snapshot()
-        earlier = _uploaded(client, run_id)
+        earlier = _uploaded(client, run_id) if combine else None
         upload(client, run_id, merge(earlier, snapshot) if earlier else snapshot)
         return True
     except Exception as exc:
@@ -174,24 +175,25 @@ def hold(run_id: str) -> Hold | None:
     return Hold(run_id)
 
 
-def release(claim: Hold | None, client: Any) -> bool:
+def release(claim: Hold | None, client: Any, combine: bool = True) -> bool:
     """:func:`finish` for ``claim``, once (later calls, and None, do nothing)."""
     if claim is None or claim.released:
         return False
     claim.released = True
-    return finish(claim.run_id, client)
+    return finish(claim.run_id, client, combine)
 
 
 def start_for_process(run_id: str) -> None:
     """``replab run``'s child: record ``run_id`` for the whole process and upload the
-    snapshot at exit (through the tracking URI in force then). Never raises."""
+    snapshot at exit (through the tracking URI in force then; the first snapshot of the
+    run: the parent, which made the run, merges its own into it after). Never raises."""
     claim = hold(run_id)
 
     def at_exit() -> None:
         try:
             from mlflow.tracking import MlflowClient
 
-            release(claim, MlflowClient())
+            release(claim, MlflowClient(), combine=False)
         except Exception as exc:
             log.warning("no metrics snapshot for run %s: %s", run_id, exc)
 
@@ -223,9 +225,9 @@ def _hook() -> None:
         try:
             out = log_metric(self, run_id, key, value, timestamp, step, *args, **kwargs)
         except BaseException:
-            _safely(rec.fail, [key])
+            _record(rec, None, [key])
             raise
-        _safely(rec.add, [(key, to_float(value), timestamp, step)])
+        _record(rec, lambda: [(key, to_float(value), timestamp, step)], [key])
         return out
 
     def logged_batch(self, run_id, metrics=(), *args, **kwargs):
@@ -235,9 +237,10 @@ def _hook() -> None:
         try:
             out = log_batch(self, run_id, metrics, *args, **kwargs)
         except BaseException:
-            _safely(rec.fail, [m.key for m in metrics])
+            _record(rec, None, [m.key for m in metrics])
             raise
-        _safely(rec.add, [(m.key, to_float(m.value), m.timestamp, m.step) for m in metrics])
+        _record(rec, lambda: [(m.key, to_float(m.value), m.timestamp, m.step)
+                              for m in metrics], [m.key for m in metrics])
         return out
 
     logged_metric.__wrapped__, logged_batch.__wrapped__ = log_metric, log_batch
@@ -246,11 +249,21 @@ def _hook() -> None:
     _hooked = True
 
 
-def _safely(fn, arg) -> None:
+def _record(rec: Recorder, points, keys: list[str]) -> None:
+    """Record ``points()`` (None: the logging failed); keys whose points could not be
+    recorded are left out of the snapshot. Never raises into the program's logging."""
     try:
-        fn(arg)
-    except Exception as exc:  # recording must not break the program's logging
-        log.warning("metrics snapshot: a point was not recorded (%s)", exc)
+        if points is None:
+            rec.fail(keys)
+            return
+        rec.add(points())
+    except Exception as exc:
+        log.warning("metrics snapshot of run %s: %s not recorded (%s); read from the "
+                    "tracking server", rec.run_id, ", ".join(sorted(set(keys))), exc)
+        try:
+            rec.fail(keys)
+        except Exception:  # noqa: S110  (nothing left to do; the server has the points)
+            pass
 
 
 # -- the artifact ------------------------------------------------------------------------
