@@ -9,9 +9,12 @@ synchronous and asynchronous: the fluent API, ``MlflowClient``, autologging and 
 :class:`replab.tracking.Run` all pass there); :func:`finish` uploads the snapshot when the
 run ends. The points are kept as MLflow's SQL store keeps them: a point identical to one
 already logged (key, timestamp, step, value; NaN equal to NaN, infinities stored as the
-largest finite floats) is dropped, and each key is ordered by step, timestamp, then logging
-order. Recording never breaks the program: a failure only warns, and a key whose logging
-failed is left out of the snapshot (read from the server).
+largest finite floats) is dropped, and each key is ordered as the server returns a history
+(runrecord.metric_history): by step, timestamp, then stored value (the SQL store's ORDER BY
+within equal timestamps), so a key reads the same from the snapshot as from the server and
+runs read either way pair their points alike. Recording never breaks the program: a
+failure only warns, and a key whose logging failed is left out of the snapshot (read from
+the server).
 
 Reading: :func:`decode` parses and validates a snapshot (raises :class:`SnapshotError`);
 :func:`usable_keys` says which keys agree with the server: a key is used only when the
@@ -101,11 +104,18 @@ class Recorder:
             self.failed.update(keys)
 
     def snapshot(self) -> dict[str, list[Point]]:
-        """Per key, the points ordered by step, timestamp, then logging order; keys whose
+        """Per key, the points in the server's order (:func:`server_order`); keys whose
         logging failed are left out."""
         with self._lock:
-            return {key: [(s, t, v) for s, t, _, v in sorted(pts, key=lambda p: p[:3])]
+            return {key: server_order((s, t, v) for s, t, _, v in pts)
                     for key, pts in self._points.items() if key not in self.failed}
+
+
+def server_order(points: Iterable[Point]) -> list[Point]:
+    """``points`` as MLflow's SQL store returns a history (ORDER BY timestamp, step, value)
+    once sorted by step and timestamp: by step, timestamp, then the value it stores (NaN
+    as 0); equal ones keep their order."""
+    return sorted(points, key=lambda p: (p[0], p[1], stored_value(p[2])[1]))
 
 
 _recorders: dict[str, Recorder] = {}
@@ -309,7 +319,7 @@ def decode(data: bytes, run_id: str | None = None) -> dict[str, list[Point]]:
 def merge(earlier: Mapping[str, list[Point]], later: Mapping[str, list[Point]]
           ) -> dict[str, list[Point]]:
     """The points of two processes' snapshots of one run (``replab run``'s child, then the
-    parent's own): deduplicated, ordered by step, timestamp, then ``earlier`` first."""
+    parent's own): deduplicated, in the server's order (:func:`server_order`)."""
     out = {}
     for key in {**earlier, **later}:
         seen, points = set(), []
@@ -318,7 +328,7 @@ def merge(earlier: Mapping[str, list[Point]], later: Mapping[str, list[Point]]
             if ident not in seen:
                 seen.add(ident)
                 points.append(point)
-        out[key] = sorted(points, key=lambda p: (p[0], p[1]))  # stable
+        out[key] = server_order(points)
     return out
 
 
