@@ -96,7 +96,7 @@ def fetch(run_id: str, *, tracking_uri: str | None = None, client=None) -> Sourc
     except Exception as exc:
         raise ReplayError(f"cannot reach the tracking server {client.tracking_uri}: "
                           f"{exc}") from None
-    metrics = metric_histories(client, run_id, run.data.metrics)
+    metrics = metric_histories(client, run_id, run.data.metrics, run=run)
     manifest_text = artifact_text(client, run_id, tracking.MANIFEST)
     if manifest_text is None:
         raise ReplayError(f"run {run_id} has no {tracking.MANIFEST}: it was not tracked with "
