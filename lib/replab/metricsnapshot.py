@@ -157,7 +157,10 @@ def finish(run_id: str, client: Any, combine: bool = True) -> bool:
         del _recorders[run_id]
     try:
         snapshot = rec.snapshot()
-        earlier = _uploaded(client, run_id) if combine else None
+        handoff = _handoffs.pop(run_id, None)
+        earlier = _handed_over(handoff, run_id) if handoff is not None else None
+        if earlier is None and combine:  # no file: the program may have uploaded its own
+            earlier = _uploaded(client, run_id)
         upload(client, run_id, merge(earlier, snapshot) if earlier else snapshot)
         return True
     except Exception as exc:
@@ -193,13 +196,44 @@ def release(claim: Hold | None, client: Any, combine: bool = True) -> bool:
     return finish(claim.run_id, client, combine)
 
 
-def start_for_process(run_id: str) -> None:
-    """``replab run``'s child: record ``run_id`` for the whole process and upload the
-    snapshot at exit (through the tracking URI in force then; the first snapshot of the
-    run: the parent, which made the run, merges its own into it after). Never raises."""
+_handoffs: dict[str, str] = {}  # run id -> the file its child process writes its snapshot to
+
+
+def expect_handoff(run_id: str, path: str) -> None:
+    """``replab run``: the program's snapshot of ``run_id`` arrives in the file ``path``
+    (:func:`start_for_process` with ``handoff``), merged into this process's own when the run
+    ends, instead of downloading one uploaded before."""
+    _handoffs[run_id] = path
+
+
+def _handed_over(path: str, run_id: str) -> dict[str, list[Point]] | None:
+    try:
+        with open(path, "rb") as fh:
+            return decode(fh.read(), run_id)
+    except FileNotFoundError:
+        return None  # the program logged nothing through MLflow, or died before its exit
+    except (OSError, SnapshotError) as exc:
+        log.warning("the program's metrics snapshot %s is unreadable (%s): its metrics will "
+                    "be read from the tracking server", path, exc)
+        return None
+
+
+def start_for_process(run_id: str, handoff: str | None = None) -> None:
+    """``replab run``'s child: record ``run_id`` for the whole process and, at exit, write
+    the snapshot to the file ``handoff`` for the parent to merge (it ends the run), or
+    without one upload it (through the tracking URI in force then). Never raises."""
     claim = hold(run_id)
 
     def at_exit() -> None:
+        if handoff:
+            rec = recording(run_id)
+            if claim is not None and not claim.released and rec is not None \
+                    and rec.holders == 1:
+                claim.released = True
+                _write_handoff(rec, handoff)
+                with _registry_lock:
+                    _recorders.pop(run_id, None)
+                return
         try:
             from mlflow.tracking import MlflowClient
 
@@ -209,6 +243,17 @@ def start_for_process(run_id: str) -> None:
 
     if claim is not None:
         atexit.register(at_exit)
+
+
+def _write_handoff(rec: Recorder, path: str) -> None:
+    try:
+        tmp = f"{path}.{os.getpid()}.part"
+        with open(tmp, "wb") as fh:
+            fh.write(encode(rec.run_id, rec.snapshot()))
+        os.replace(tmp, path)
+    except Exception as exc:
+        log.warning("could not hand the metrics snapshot of run %s over (%s): its metrics "
+                    "will be read from the tracking server", rec.run_id, exc)
 
 
 def _hook() -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import tracking
+from . import metricsnapshot, tracking
 from .errors import ConfigError
 from .faithfulness import TAG_RUN_OPTIONS
 from .outputs import STREAM_ARTIFACTS
@@ -105,6 +105,9 @@ def run_command(
     with tempfile.TemporaryDirectory(prefix="replab-run-") as tmp:
         seeded_file = Path(tmp, "seeded.txt")  # _child/sitecustomize.py names what it seeded
         env["REPLAB_SEEDED_FILE"] = str(seeded_file)
+        # the program's metrics snapshot comes back as a file, merged into the run's own
+        snapshot_file = Path(tmp, "metrics.json.gz")
+        env["REPLAB_SNAPSHOT_FILE"] = str(snapshot_file)
         child = Child(command, cwd, env, Path(tmp), echo=echo)
         # A Python program starts now and imports MLflow while the run is made; it runs
         # only once released, after the capture (replab.runchild).
@@ -118,6 +121,7 @@ def run_command(
 
         def release(run: tracking.Run) -> None:
             nonlocal released
+            metricsnapshot.expect_handoff(run.run_id, str(snapshot_file))
             try:
                 child.release(_run_env(run))
             except ConfigError as exc:

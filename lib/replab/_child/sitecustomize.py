@@ -162,7 +162,7 @@ def _replab_snapshot(run_id):
             spec = importlib.util.spec_from_file_location("_replab_metricsnapshot", path)
             metricsnapshot = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(metricsnapshot)
-        metricsnapshot.start_for_process(run_id)
+        metricsnapshot.start_for_process(run_id, os.environ.pop("REPLAB_SNAPSHOT_FILE", None))
     except Exception as exc:
         print(f"replab: no metrics snapshot for run {run_id}: {exc}", file=sys.stderr)
 
