@@ -18,15 +18,20 @@
 #
 # - `site=local`: the services run as local processes on 127.0.0.1.
 # - Chameleon: the compose stack is uploaded to the server from `2_provision` and started
-#   with `docker compose up -d --build`. Ports listen on the server's 127.0.0.1 only: reach
-#   them through the SSH tunnel printed below. If the database is new, the latest backup
-#   is restored first.
+#   with `docker compose up -d --build` (`build = False`: the images already on the server,
+#   e.g. `docker load`ed, are started as they are). Ports listen on the server's 127.0.0.1
+#   only (`mlflow_port` / `jupyter_port` when 5000 / 8888 are taken there): reach them
+#   through the SSH tunnel printed below. If the database is new, the latest backup is
+#   restored first. The lab lives below the home directory host setup used (state.json).
 #
 # Launching again reuses a running lab. `replab lab status|stop|backup` manage it later.
 
 # %% tags=["parameters"]
 workdir: str = "work"  # experiment work directory (written by 0_configure)
 example_run: bool = False  # train examples/digits against the lab (local) and show the run
+mlflow_port: int = 0  # 127.0.0.1 port for MLflow, here or on the server (0: 5000)
+jupyter_port: int = 0  # 127.0.0.1 port for JupyterLab (0: 8888)
+build: bool = True  # build the images (False: start the ones already on the server)
 
 # %%
 from IPython.display import Markdown, display
@@ -34,7 +39,8 @@ from IPython.display import Markdown, display
 from replab import config, lab
 
 cfg = config.load(workdir)
-info = lab.launch(cfg, progress=print)
+info = lab.launch(cfg, mlflow_port=mlflow_port, jupyter_port=jupyter_port, build=build,
+                  progress=print)
 display(Markdown(lab.markdown(info)))
 
 # %%

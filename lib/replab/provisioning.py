@@ -216,7 +216,7 @@ def provision_all(cfg, *, public_key: str = "~/.ssh/id_rsa.pub", private_key: st
         say(f"the lease starts at {result.pending_until}: re-run 2_provision then")
         return Provisioning(pending_until=result.pending_until)
     out = Provisioning(address=result.address)
-    login = _record_login(state, private_key, ssh_user)
+    login = _record_login(state, private_key, ssh_user, options.get("home"))
     if setup and result.address:
         from . import credentials, hostsetup, remote
 
@@ -232,18 +232,23 @@ def provision_all(cfg, *, public_key: str = "~/.ssh/id_rsa.pub", private_key: st
     return out
 
 
-def _record_login(state, private_key: str | None, ssh_user: str | None) -> dict[str, Any]:
+def _record_login(state, private_key: str | None, ssh_user: str | None,
+                  home: str | None = None) -> dict[str, Any]:
     """How to log in to the server (``remote.Host`` keywords), recorded on state.json's
-    server entry (``key_filename``, ``user``), where ``lab.server_host`` reads it."""
+    server entry (``key_filename``, ``user``), where ``lab.server_host`` reads it; and the
+    login user's home given to host setup (``home``; without one the entry has none), where
+    ``lab.server_home`` reads it, so 3_launch_lab, 5_teardown and ``replab lab`` find the
+    lab where host setup put its files."""
     login: dict[str, Any] = {}
     if private_key:
         login["key_filename"] = os.path.expanduser(private_key)
     if ssh_user:
         login["user"] = ssh_user
     entry = state.get("server")
-    if login and entry:
-        kept = {k: v for k, v in entry.items() if k not in ("key_filename", "user")}
-        state.record("server", **kept, **login)
+    if entry and (login or home or entry.get("home")):
+        kept = {k: v for k, v in entry.items() if k not in ("key_filename", "user", "home")}
+        # None: a home recorded before no longer holds (record keeps unnamed fields)
+        state.record("server", **kept, **login, home=str(home) if home else None)
     return login
 
 
@@ -360,8 +365,8 @@ def _backup_lab(cfg, say: Say):
         return backup.backup(cfg, reason="teardown", progress=say)
     conn = remote.connect(lab.server_host(cfg))
     try:
-        return schedule.backup_on_server(cfg, conn, server.host_paths(cfg, conn),
-                                       reason="teardown", progress=say)
+        paths = server.host_paths(cfg, conn, home=lab.server_home(cfg))
+        return schedule.backup_on_server(cfg, conn, paths, reason="teardown", progress=say)
     finally:
         conn.close()
 

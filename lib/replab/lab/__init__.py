@@ -41,15 +41,37 @@ def server_host(cfg):
                 key_filename=server.get("key_filename"))
 
 
-def launch(cfg, *, progress: Callable[[str], None] | None = None, **kwargs) -> dict[str, Any]:
-    """Start (or reuse) the lab for ``cfg``; returns what ``<workdir>/lab.json`` records."""
+def server_home(cfg) -> str | None:
+    """The login user's home directory on the server as 2_provision's host setup had it
+    (its ``setup_home``), from ``<workdir>/state.json``: the lab lives below it. None when
+    none was given (the user's own home there, ``/home/cc`` on Chameleon)."""
+    from ..cloud import State
+
+    return (State.load(cfg.workdir).get("server") or {}).get("home") or None
+
+
+def launch(cfg, *, progress: Callable[[str], None] | None = None,
+           mlflow_port: int | None = None, jupyter_port: int | None = None,
+           build: bool = True, **kwargs) -> dict[str, Any]:
+    """Start (or reuse) the lab for ``cfg``; returns what ``<workdir>/lab.json`` records.
+
+    ``mlflow_port`` / ``jupyter_port``: the 127.0.0.1 ports MLflow / JupyterLab listen on
+    (here, or published on the server; None or 0: 5000 / 8888, or for ``local`` the last
+    launch's). On a server: ``build`` False starts the images already there without
+    building them; ``kwargs`` go to ``server.launch_remote``; the lab lives below
+    :func:`server_home` unless ``home`` or ``paths`` say otherwise. ``local`` builds
+    nothing (``build`` is not used); ``kwargs`` go to ``local.launch``."""
     if cfg.is_local:
         from . import local
 
-        return local.launch(cfg, progress=progress, **kwargs).to_dict()
+        return local.launch(cfg, progress=progress, mlflow_port=mlflow_port or None,
+                            jupyter_port=jupyter_port or None, **kwargs).to_dict()
     from . import server
 
-    return server.launch_remote(cfg, server_host(cfg), progress=progress, **kwargs)
+    ports = {k: int(v) for k, v in (("mlflow", mlflow_port), ("jupyter", jupyter_port)) if v}
+    kwargs.setdefault("home", server_home(cfg))
+    return server.launch_remote(cfg, server_host(cfg), progress=progress,
+                                ports=ports or None, build=build, **kwargs)
 
 
 def status(cfg) -> dict[str, Any]:
@@ -59,7 +81,7 @@ def status(cfg) -> dict[str, Any]:
         return local.status(cfg)
     from . import server
 
-    return server.status_remote(cfg, server_host(cfg))
+    return server.status_remote(cfg, server_host(cfg), home=server_home(cfg))
 
 
 def stop(cfg) -> list[str]:
@@ -69,7 +91,7 @@ def stop(cfg) -> list[str]:
         return local.stop(cfg)
     from . import server
 
-    return server.stop_remote(cfg, server_host(cfg))
+    return server.stop_remote(cfg, server_host(cfg), home=server_home(cfg))
 
 
 def markdown(info: dict[str, Any]) -> str:
