@@ -47,9 +47,49 @@ DOCKER = (os.environ.get("REPLAB_DOCKER_CLI")
 TIMINGS: dict[str, float] = {}
 
 
+# dockerd registers its "nvidia" device driver (GPU requests: compose's
+# deploy.resources.reservations.devices, `docker run --gpus`) when the NVIDIA Container
+# Toolkit's hook is on its PATH; the hook then runs as each such container's prestart hook.
+# This machine has no GPU: a hook that does nothing stands in for the toolkit, so the lab of
+# a GPU node type starts here with the compose file Chameleon's servers get.
+NVIDIA_HOOK = "nvidia-container-runtime-hook"
+HOOK_DIR = STATE / "nvidia-hook-stub"
+
+
+def engine_host() -> str:
+    """The ``DOCKER_HOST`` the tests' engine has (or will have once started):
+    REPLAB_DOCKER_HOST, else the socket docker.sh puts in the state directory."""
+    return os.environ.get("REPLAB_DOCKER_HOST") or f"unix://{STATE}/docker.sock"
+
+
+def _hook_stub() -> Path:
+    hook = HOOK_DIR / NVIDIA_HOOK
+    if not hook.exists():
+        HOOK_DIR.mkdir(parents=True, exist_ok=True)
+        hook.write_text("#!/bin/sh\n# replab tests: no GPU here; the NVIDIA hook's stand-in\n"
+                        "cat >/dev/null\nexit 0\n")
+        hook.chmod(0o755)
+    return hook
+
+
 def script(verb: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = None
+    if verb == "up":  # dockerd finds the hook on the PATH it starts with
+        env = dict(os.environ, PATH=f"{_hook_stub().parent}:{os.environ.get('PATH', '')}")
     return subprocess.run(["bash", str(SCRIPT), verb, str(STATE)], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def require_gpu_requests(env: dict) -> None:
+    """Fail, saying why, when the engine refuses GPU requests (a dockerd started without
+    :data:`NVIDIA_HOOK` on its PATH, e.g. by hand: stop it, the fixture starts it again)."""
+    probe = run([DOCKER, "run", "--rm", "--gpus", "all", "--network", "none", BASE_IMAGE,
+                 "true"], env, timeout=120, check=False)
+    if probe.returncode != 0:
+        pytest.fail(f"the Docker engine at {env.get('DOCKER_HOST')} refuses GPU requests "
+                    f"({probe.stderr.strip()[-300:]}): it was started without the NVIDIA hook "
+                    f"stand-in on its PATH ({HOOK_DIR}); `bash {SCRIPT} down` and run again",
+                    pytrace=False)
 
 
 def http() -> requests.Session:

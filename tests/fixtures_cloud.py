@@ -14,7 +14,12 @@ REPLAB_SKIP_SERVICES=1, when it skips.
 The session fixture ``fip_sshd`` is "the provisioned server" as SSH sees it: OpenSSH's sshd
 listening on port 22 of every reservable floating IP of the local cloud (127.10.0.10-.14;
 Linux routes all of 127/8 to lo, so no interface is configured), accepting one generated key
-for root. Whichever IP Blazar gives the lease, SSH to it reaches this machine.
+for root. Whichever IP Blazar gives the lease, SSH to it reaches this machine. Its sessions
+get the environment a server's docker commands need here (sshd ``SetEnv``, as a server's own
+configuration would give it): ``DOCKER_HOST`` of the tests' Docker engine
+(tests/docker_support.py ``engine_host``; the engine itself is started by the test that
+needs it) and a ``PATH`` with Debian's directories first, so ``docker`` is Debian's client,
+the one that talks to that engine.
 """
 
 from __future__ import annotations
@@ -36,11 +41,16 @@ from typing import Any
 
 import pytest
 
+from tests.docker_support import engine_host
+
 SERVICES = Path(__file__).resolve().parent / "services"
 SCRIPT = SERVICES / "cloud.py"
 DEFAULT_STATE_DIR = SERVICES / ".state" / "cloud"
 INSTALL_HINT = ("run `bash tests/services/cloud-install.sh` (or set REPLAB_SKIP_SERVICES=1 "
                 "to skip)")
+
+# the PATH of the floating IPs' SSH sessions: Debian's docker client before /usr/local's
+SERVER_PATH = "/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin"
 
 _summary: list[str] = []
 
@@ -235,6 +245,7 @@ def fip_sshd(local_cloud, tmp_path_factory) -> Iterator[FipSshd]:
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
         f"Subsystem sftp internal-sftp\nPidFile {d}/sshd.pid\nAllowAgentForwarding yes\n"
+        f"SetEnv DOCKER_HOST={engine_host()} PATH={SERVER_PATH}\n"
         "LogLevel VERBOSE\n")
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     log_path = d / "sshd.log"
