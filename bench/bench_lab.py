@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from replab import storage  # noqa: E402
+from replab import s3client, storage  # noqa: E402
 from replab.lab import local  # noqa: E402
 from tests.lab_support import lab_workdir, local_config, write_points  # noqa: E402
 
@@ -107,7 +107,7 @@ def bench_artifacts(args) -> float:
     try:
         with lab_workdir("bench-s3") as workdir:
             cfg = local_config(workdir, "sqlite", s3_endpoint=stack.s3_endpoint, ec2=ec2)
-            s3 = storage.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
+            s3 = s3client.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
             buckets = [cfg.buckets.artifacts, cfg.buckets.backups]
             storage.ensure_buckets(s3, buckets)
             info = local.launch(cfg)

@@ -430,7 +430,7 @@ def test_server_replab_runs_the_backup_timers_command(conn, ec2, tmp_path, ssh_s
     server's sqlite database in the backups bucket."""
     import mlflow
 
-    from replab import storage
+    from replab import s3client, storage
 
     stack = ec2["stack"]
     cfg = config.build({**basic("CHI@UC", gpu_vendor="none", workdir=str(tmp_path / "work")),
@@ -469,7 +469,7 @@ def test_server_replab_runs_the_backup_timers_command(conn, ec2, tmp_path, ssh_s
     argv = next(ln for ln in service.splitlines() if ln.startswith("ExecStart=")).split("=", 1)[
         1].split()
     assert argv[0] == paths.replab and argv[argv.index("--workdir") + 1] == paths.workdir
-    s3 = storage.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
+    s3 = s3client.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
     storage.ensure_buckets(s3, [cfg.buckets.backups])
     try:
         out = remote.run(conn, argv, env=env, check=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from replab import storage
+from replab import s3client, storage
 from replab.errors import ConfigError
 from replab.lab import backup, local, schedule
 from tests.fixtures_openstack import LocalOpenStack, ec2_credential
@@ -305,7 +305,7 @@ def test_sqlite_round_trip_through_s3_with_s3_artifacts(ec2, tmp_path):
     stack = ec2["stack"]
     with lab_workdir("bk-s3") as workdir:
         cfg = local_config(workdir, "sqlite", s3_endpoint=stack.s3_endpoint, ec2=ec2)
-        s3 = storage.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
+        s3 = s3client.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
         names = [cfg.buckets.artifacts, cfg.buckets.backups]
         storage.ensure_buckets(s3, names)
         db_file = local.paths(cfg).sqlite

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from replab import config, rclone, storage
+from replab import config, rclone, s3client, storage
 from replab.lab import compose
 from tests import docker_support
 from tests.docker_support import (
@@ -84,7 +84,7 @@ def test_lab_stack_comes_up_logs_to_swift_and_guards_jupyter(
     cfg = config.build({"experiment": name, "repository": "https://github.com/acme/p.git",
                         "frameworks": ["sklearn"], "site": "CHI@UC",
                         "node_type": "compute_skylake", "endpoints": {"s3_endpoint": endpoint}})
-    s3 = storage.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
+    s3 = s3client.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
     storage.ensure_buckets(s3, [cfg.buckets.artifacts, cfg.buckets.data])
     s3.put_object(Bucket=cfg.buckets.data, Key="train.csv", Body=b"x,y\n1,2\n")
 

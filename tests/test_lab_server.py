@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from replab import config, credentials, hostsetup, remote, storage
+from replab import config, credentials, hostsetup, remote, s3client, storage
 from replab.errors import ConfigError
 from replab.lab import backup, compose, server
 from tests import docker_support
@@ -163,7 +163,7 @@ def test_launch_remote_over_ssh_with_docker(docker_host, ssh_server, local_opens
     store.save_credentials(data)
     credentials.write_client_files(cfg, store)
     token = store.lab_env()["JUPYTER_TOKEN"]
-    s3 = storage.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
+    s3 = s3client.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
     storage.ensure_buckets(s3, [cfg.buckets.artifacts, cfg.buckets.backups])
 
     # "The server": this machine, logged in over SSH as root. Its lab directories live in a

@@ -1,5 +1,6 @@
-"""replab.storage and replab.rclone: pure builders against golden files; buckets, transfers,
-rclone remotes and FUSE mounts against the real local Keystone + Swift (S3 API)."""
+"""replab.storage, s3client, bucketnames, transfers, progressbar and rclone: pure builders
+against golden files; buckets, transfers, rclone remotes and FUSE mounts against the real
+local Keystone + Swift (S3 API)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from replab import rclone, storage
+from replab import bucketnames, progressbar, rclone, s3client, storage, transfers
 from replab.errors import CloudError, ConfigError, ResourceTimeout
 from tests.fixtures_openstack import LocalOpenStack, ec2_credential, removed_afterwards
 from tests.goldens import checker
@@ -201,15 +202,15 @@ def test_dirty_files_reads_the_vfs_metadata(tmp_path):
     (None, "must be a string"),
 ])
 def test_invalid_bucket_names_raise_config_error(name, rule):
-    assert storage.bucket_name_problem(name)
+    assert bucketnames.bucket_name_problem(name)
     with pytest.raises(ConfigError) as err:
-        storage.check_bucket_name(name)
+        bucketnames.check_bucket_name(name)
     assert repr(name) in str(err.value) and rule in str(err.value)
 
 
 def test_valid_bucket_names():
     for name in ("exp1-data", "a.b.c", "abc", "0" * 63):
-        assert storage.check_bucket_name(name) == name
+        assert bucketnames.check_bucket_name(name) == name
 
 
 def test_local_buckets_are_directories(tmp_path):
@@ -225,33 +226,33 @@ def test_local_buckets_are_directories(tmp_path):
 
 
 def test_invalid_names_fail_before_any_request():
-    dead = storage.s3_client("http://127.0.0.1:9", "key", "secret", max_attempts=1)
+    dead = s3client.s3_client("http://127.0.0.1:9", "key", "secret", max_attempts=1)
     for call in (lambda: storage.ensure_bucket(dead, "Bad_Name"),
                  lambda: storage.ensure_buckets(dead, ["good-name", "x"]),
                  lambda: storage.delete_bucket(dead, "a..b"),
-                 lambda: storage.upload(dead, "UP", "/etc/hostname")):
+                 lambda: transfers.upload(dead, "UP", "/etc/hostname")):
         with pytest.raises(ConfigError, match="invalid bucket name"):
             call()
 
 
 def test_s3_client_refuses_bad_input():
     with pytest.raises(ConfigError, match="not an http"):
-        storage.s3_client("127.0.0.1:8080", "k", "s")
+        s3client.s3_client("127.0.0.1:8080", "k", "s")
     with pytest.raises(ConfigError, match="must not be empty"):
-        storage.s3_client("http://127.0.0.1:8080", "k", "")
+        s3client.s3_client("http://127.0.0.1:8080", "k", "")
 
 
 def test_safe_target_refuses_keys_leaving_the_directory(tmp_path):
-    assert storage._safe_target(tmp_path, "a/b.txt") == tmp_path / "a" / "b.txt"
-    assert storage._safe_target(tmp_path, "a//./b") == tmp_path / "a" / "b"
+    assert transfers._safe_target(tmp_path, "a/b.txt") == tmp_path / "a" / "b.txt"
+    assert transfers._safe_target(tmp_path, "a//./b") == tmp_path / "a" / "b"
     for key in ("../x", "a/../../x", "/etc/passwd", "..", ""):
         with pytest.raises(ConfigError, match="outside"):
-            storage._safe_target(tmp_path, key)
+            transfers._safe_target(tmp_path, key)
 
 
 def test_terminal_progress_draws_one_bar_per_transfer():
     out = io.StringIO()
-    bar = storage.terminal_progress("up", file=out, mininterval=0)
+    bar = progressbar.terminal_progress("up", file=out, mininterval=0)
     for done in (0, 5, 10):
         bar(done, 10, "a.txt")
     bar(10, 10, "a.txt")  # the final repeat upload() makes for each file: no second bar
@@ -267,11 +268,11 @@ def test_progress_factories_import_without_ipywidgets():
     code = (
         "import sys; sys.modules['ipywidgets'] = None\n"
         "import io\n"
-        "from replab import storage\n"
+        "from replab import progressbar, s3client, storage, transfers\n"
         "early = {'tqdm', 'boto3', 'botocore'} & set(sys.modules)\n"
-        "assert not early, f'imported by replab.storage itself: {early}'\n"
+        "assert not early, f'imported by replab\\'s storage modules themselves: {early}'\n"
         "out = io.StringIO()\n"
-        "bar = storage.notebook_progress('dl', file=out)\n"
+        "bar = progressbar.notebook_progress('dl', file=out)\n"
         "bar(3, 3, 'x')\n"
         "assert '100%' in out.getvalue(), out.getvalue()\n"
     )
@@ -291,7 +292,7 @@ def creds(local_openstack: LocalOpenStack) -> Iterator[dict]:
 
 @pytest.fixture(scope="module")
 def s3(creds):
-    return storage.s3_client(creds["stack"].s3_endpoint, creds["access"], creds["secret"],
+    return s3client.s3_client(creds["stack"].s3_endpoint, creds["access"], creds["secret"],
                              creds["stack"].s3_region)
 
 
@@ -325,12 +326,12 @@ def test_put_get_and_usage(s3, bucket, tmp_path):
     s3.put_object(Bucket=bucket, Key="dir/hello.txt", Body=b"hello s3")
     assert s3.get_object(Bucket=bucket, Key="dir/hello.txt")["Body"].read() == b"hello s3"
     (tmp_path / "one.txt").write_text("one")
-    assert storage.upload(s3, bucket, tmp_path / "one.txt") == (1, 3)
-    assert storage.upload(s3, bucket, tmp_path / "one.txt", key="x/") == (1, 3)
+    assert transfers.upload(s3, bucket, tmp_path / "one.txt") == (1, 3)
+    assert transfers.upload(s3, bucket, tmp_path / "one.txt", key="x/") == (1, 3)
     assert storage.list_objects(s3, bucket) == {"dir/hello.txt": 8, "one.txt": 3,
                                                 "x/one.txt": 3}
     assert storage.bucket_usage(s3, bucket) == (3, 14)
-    assert storage.download(s3, bucket, "dir/hello.txt", tmp_path / "got.txt") == (1, 8)
+    assert transfers.download(s3, bucket, "dir/hello.txt", tmp_path / "got.txt") == (1, 8)
     assert (tmp_path / "got.txt").read_bytes() == b"hello s3"
 
 
@@ -355,15 +356,15 @@ def test_bucket_usage_pages_through_the_listing(s3, bucket):
 def test_multipart_upload_round_trips(s3, bucket, tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(12 * MiB))
-    assert storage.upload(s3, bucket, big, key="models/big.bin", part_size=5 * MiB) == (
+    assert transfers.upload(s3, bucket, big, key="models/big.bin", part_size=5 * MiB) == (
         1, 12 * MiB)
     etag = s3.head_object(Bucket=bucket, Key="models/big.bin")["ETag"]
     assert etag.strip('"').endswith("-3"), etag  # 3 parts: 5 + 5 + 2 MiB
-    assert storage.download(s3, bucket, "models/big.bin", tmp_path / "back.bin",
+    assert transfers.download(s3, bucket, "models/big.bin", tmp_path / "back.bin",
                             part_size=5 * MiB) == (1, 12 * MiB)
     assert (tmp_path / "back.bin").read_bytes() == big.read_bytes()
     with pytest.raises(ConfigError, match="below S3's minimum"):
-        storage.upload(s3, bucket, big, part_size=MiB)
+        transfers.upload(s3, bucket, big, part_size=MiB)
 
 
 @pytest.mark.services
@@ -394,7 +395,7 @@ def test_delete_bucket_refuses_non_empty_and_force_deletes_everything(s3, creds)
 def test_wrong_secret_is_a_cloud_error_that_hides_the_secret(creds, caplog):
     caplog.set_level(logging.DEBUG)
     wrong = "definitely-not-the-secret-4242"
-    bad = storage.s3_client(creds["stack"].s3_endpoint, creds["access"], wrong)
+    bad = s3client.s3_client(creds["stack"].s3_endpoint, creds["access"], wrong)
     for call, request in ((lambda: storage.list_buckets(bad), "GET "),
                           (lambda: storage.ensure_bucket(bad, "replab-any"), "/replab-any"),
                           (lambda: storage.bucket_usage(bad, "replab-any"), "/replab-any")):
@@ -412,7 +413,7 @@ def test_wrong_secret_is_a_cloud_error_that_hides_the_secret(creds, caplog):
 
 @pytest.mark.services
 def test_unreachable_endpoint_is_a_cloud_error(creds):
-    dead = storage.s3_client("http://127.0.0.1:9", creds["access"], creds["secret"],
+    dead = s3client.s3_client("http://127.0.0.1:9", creds["access"], creds["secret"],
                              max_attempts=1, connect_timeout=2)
     with pytest.raises(CloudError, match="cannot reach the object store") as err:
         storage.ensure_bucket(dead, "replab-any")
@@ -427,7 +428,7 @@ def test_aws_ca_bundle_in_the_environment_is_fine(creds, monkeypatch, caplog):
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
     for bundle in ("/etc/ssl/certs/ca-certificates.crt", "/nonexistent/bundle.pem"):
         monkeypatch.setenv("AWS_CA_BUNDLE", bundle)
-        client = storage.s3_client(stack.s3_endpoint, creds["access"], creds["secret"])
+        client = s3client.s3_client(stack.s3_endpoint, creds["access"], creds["secret"])
         assert isinstance(storage.list_buckets(client), list)
     assert "AWS_CA_BUNDLE=/nonexistent/bundle.pem is not a readable file" in caplog.text
 
@@ -443,7 +444,7 @@ def test_upload_and_download_a_directory_with_progress(s3, bucket, tmp_path):
     total = sum(len(d) for d in files.values())
 
     calls: list[tuple[int, int, str]] = []
-    got = storage.upload(s3, bucket, src, key="runs/1",
+    got = transfers.upload(s3, bucket, src, key="runs/1",
                          progress=lambda *a: calls.append(a), part_size=5 * MiB)
     assert got == (4, total)
     assert {c[1] for c in calls} == {total}
@@ -455,21 +456,21 @@ def test_upload_and_download_a_directory_with_progress(s3, bucket, tmp_path):
 
     calls.clear()
     dest = tmp_path / "back"
-    assert storage.download(s3, bucket, "runs/1", dest,
+    assert transfers.download(s3, bucket, "runs/1", dest,
                             progress=lambda *a: calls.append(a)) == (4, total)
     assert calls[-1][:2] == (total, total) and {c[1] for c in calls} == {total}
     for rel, data in files.items():
         assert (dest / rel).read_bytes() == data
 
     # one object into an existing directory; the whole bucket; nothing there
-    assert storage.download(s3, bucket, "runs/1/metrics.json", dest / "ckpt") == (1, 12)
+    assert transfers.download(s3, bucket, "runs/1/metrics.json", dest / "ckpt") == (1, 12)
     assert (dest / "ckpt" / "metrics.json").read_bytes() == files["metrics.json"]
-    assert storage.download(s3, bucket, "", tmp_path / "all") == (4, total)
+    assert transfers.download(s3, bucket, "", tmp_path / "all") == (4, total)
     assert (tmp_path / "all" / "runs" / "1" / "ckpt" / "deep" / "notes.md").exists()
     with pytest.raises(CloudError, match="NoSuchKey"):
-        storage.download(s3, bucket, "runs/2", tmp_path / "none")
+        transfers.download(s3, bucket, "runs/2", tmp_path / "none")
     with pytest.raises(ConfigError, match="does not exist"):
-        storage.upload(s3, bucket, tmp_path / "missing")
+        transfers.upload(s3, bucket, tmp_path / "missing")
 
 
 # -- rclone against the real store ----------------------------------------------------------

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from . import sites
+from .bucketnames import bucket_name_problem
 from .errors import ConfigError
-from .storage import bucket_name_problem
 
 SCHEMA_VERSION = 1
 FRAMEWORKS = ("pytorch", "lightning", "tensorflow", "sklearn")

@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import hubtoken
+from . import hubtoken, rclone, storage
 from ._files import write_private
 from .errors import CloudError, ConfigError
 from .redact import mask
+from .s3client import s3_client
 
 log = logging.getLogger(__name__)
 
@@ -470,8 +471,6 @@ def write_client_files(cfg, store: SecretsStore) -> list[Path]:
     """clouds.yaml, rclone.conf and lab.env from the stored credentials and lab secrets."""
     import yaml
 
-    from . import storage
-
     data = store.credentials()
     app, ec2, lab = data.get("application_credential"), data.get("ec2"), data.get("lab", {})
     written = []
@@ -485,13 +484,13 @@ def write_client_files(cfg, store: SecretsStore) -> list[Path]:
         written.append(store.write(store.CLOUDS, yaml.safe_dump(entry, sort_keys=False)))
     remotes = {}
     if ec2 and cfg.s3_endpoint:
-        remotes[f"{cfg.experiment}-s3"] = storage.s3_remote(cfg.s3_endpoint, ec2["access"],
+        remotes[f"{cfg.experiment}-s3"] = rclone.s3_remote(cfg.s3_endpoint, ec2["access"],
                                                             ec2["secret"])
     if app:
-        remotes[f"{cfg.experiment}-swift"] = storage.swift_remote(
+        remotes[f"{cfg.experiment}-swift"] = rclone.swift_remote(
             app["auth_url"], app["id"], app["secret"], cfg.storage_region)
     if remotes:
-        written.append(store.write(store.RCLONE, storage.render_rclone_conf(remotes)))
+        written.append(store.write(store.RCLONE, rclone.render_rclone_conf(remotes)))
     env = {"JUPYTER_TOKEN": lab.get("jupyter_token", ""),
            "MLFLOW_TRACKING_USERNAME": lab.get("mlflow_user", ""),
            "MLFLOW_TRACKING_PASSWORD": lab.get("mlflow_password", "")}
@@ -540,8 +539,6 @@ def verify(cfg, store: SecretsStore) -> list[Outcome]:
 
     Raises CloudError naming the credential that does not work and what to do.
     """
-    from . import storage
-
     data = store.credentials()
     out = []
     app = data.get("application_credential")
@@ -552,7 +549,7 @@ def verify(cfg, store: SecretsStore) -> list[Outcome]:
         out.append(Outcome("application credential", "verified", "token issued"))
     ec2 = data.get("ec2")
     if ec2 and cfg.s3_endpoint:
-        s3 = storage.s3_client(cfg.s3_endpoint, ec2["access"], ec2["secret"])
+        s3 = s3_client(cfg.s3_endpoint, ec2["access"], ec2["secret"])
         names = storage.list_buckets(s3)
         out.append(Outcome("EC2 credential", "verified", f"{len(names)} bucket(s) visible"))
     return out
@@ -583,8 +580,6 @@ def setup(cfg, *, cloud: str | None = None, clouds_file: str | None = None,
 
     Raises CloudError (authentication, Keystone, the object store) or ConfigError.
     """
-    from . import storage
-
     report = Report()
     store = SecretsStore(cfg.workdir)
     store.ensure()
@@ -616,7 +611,7 @@ def setup(cfg, *, cloud: str | None = None, clouds_file: str | None = None,
                    progress)
         report.add(ensure_ec2_credential(auth, store), progress)
         ec2 = store.credentials()["ec2"]
-        s3 = storage.s3_client(cfg.s3_endpoint, ec2["access"], ec2["secret"])
+        s3 = s3_client(cfg.s3_endpoint, ec2["access"], ec2["secret"])
         names = [cfg.buckets.data, cfg.buckets.artifacts, cfg.buckets.backups]
         made = storage.ensure_buckets(s3, names)
         report.add(Outcome("buckets", "created" if any(made.values()) else "reused",

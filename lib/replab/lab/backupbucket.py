@@ -10,6 +10,9 @@ from pathlib import Path
 
 from ..credentials import SecretsStore
 from ..errors import ConfigError
+from ..s3client import S3Error, s3_client
+from ..storage import delete_object, list_objects
+from ..transfers import download, upload
 
 
 class Bucket:
@@ -20,9 +23,7 @@ class Bucket:
         ec2 = SecretsStore(cfg.workdir).credentials().get("ec2") or {}
         self.s3 = None
         if cfg.s3_endpoint and ec2.get("access") and ec2.get("secret"):
-            from .. import storage
-
-            self.s3 = storage.s3_client(cfg.s3_endpoint, ec2["access"], ec2["secret"])
+            self.s3 = s3_client(cfg.s3_endpoint, ec2["access"], ec2["secret"])
             self.location = f"s3://{self.name}"
         elif cfg.is_local:
             self.root = cfg.workdir_path.absolute() / "buckets" / self.name
@@ -36,9 +37,7 @@ class Bucket:
 
     def put(self, path: Path, key: str) -> None:
         if self.s3 is not None:
-            from .. import storage
-
-            storage.upload(self.s3, self.name, path, key)
+            upload(self.s3, self.name, path, key)
             return
         target = self.root / key
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -48,9 +47,7 @@ class Bucket:
 
     def get(self, key: str, path: Path) -> None:
         if self.s3 is not None:
-            from .. import storage
-
-            storage.download(self.s3, self.name, key, path)
+            download(self.s3, self.name, key, path)
             return
         source = self.root / key
         if not source.is_file():
@@ -59,19 +56,15 @@ class Bucket:
 
     def delete(self, key: str) -> None:
         if self.s3 is not None:
-            from .. import storage
-
-            storage.delete_object(self.s3, self.name, key)
+            delete_object(self.s3, self.name, key)
             return
         (self.root / key).unlink(missing_ok=True)
 
     def keys(self, prefix: str) -> list[str]:
         if self.s3 is not None:
-            from .. import storage
-
             try:
-                return sorted(storage.list_objects(self.s3, self.name, prefix))
-            except storage.S3Error as exc:
+                return sorted(list_objects(self.s3, self.name, prefix))
+            except S3Error as exc:
                 if exc.code == "NoSuchBucket":
                     return []
                 raise
