@@ -4,7 +4,9 @@ A Docker engine of the tests' own (tests/services/docker.sh: its own data root a
 under tests/services/.state/docker, so the images built there persist between sessions), the
 Debian 12 base image made with debootstrap (no registry is reachable here), the lab's images
 built FROM it under the tags compose.yaml names, a TCP forwarder through which containers
-reach the local Swift (it listens on loopback only), and small helpers.
+reach the local Swift (it listens on loopback only), and small helpers. The engine is started
+with a do-nothing stand-in for the NVIDIA toolkit's hook on its PATH (:data:`NVIDIA_HOOK`), so
+the GPU request of a GPU node type's lab is accepted on this machine without a GPU.
 
 Fixtures (import them into a test module): ``docker_host`` (module scope; the engine's
 ``DOCKER_HOST``) and ``shared_dir``.
