@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from replab import config, credentials
+from replab import clientfiles, config, credentials, secretsstore
 from replab.errors import ConfigError
 
 
@@ -61,16 +61,16 @@ def local_config(workdir: Path, backend: str = "sqlite", *, s3_endpoint: str | N
     config.save(cfg)
     credentials.setup(cfg)
     if ec2:
-        store = credentials.SecretsStore(cfg.workdir)
+        store = secretsstore.SecretsStore(cfg.workdir)
         data = store.credentials()
         data["ec2"] = {"access": ec2["access"], "secret": ec2["secret"]}
         store.save_credentials(data)
-        credentials.write_client_files(cfg, store)
+        clientfiles.write_client_files(cfg, store)
     return cfg
 
 
 def token(cfg) -> str:
-    return credentials.SecretsStore(cfg.workdir).lab_env()["JUPYTER_TOKEN"]
+    return secretsstore.SecretsStore(cfg.workdir).lab_env()["JUPYTER_TOKEN"]
 
 
 def log_example_runs(url: str, experiment: str, tmp: Path, runs: int = 2,

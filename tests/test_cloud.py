@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import pytest
 
 from replab import cloud as rc
-from replab import config, credentials, sites
+from replab import config, keystonecredentials, keystonelogin, sites
 from replab.errors import CloudError, ConfigError, ResourceTimeout
 
 # openstacksdk 4.22 warns about its own internals (Resource._compute_attributes, a
@@ -921,7 +921,7 @@ def test_provision_makes_exactly_the_planned_calls(api, clients, tmp_path, site)
     assert saved["server"]["id"] == SERVER and saved["floating_ip"]["address"] == "192.5.87.10"
     assert saved["floating_ip"]["owned_by_lease"] is True
     assert ("security_group" in saved) == kvm
-    assert credentials.lease_end(cfg, saved) == _dt.datetime(2026, 5, 2, 12, tzinfo=UTC)
+    assert keystonecredentials.lease_end(cfg, saved) == _dt.datetime(2026, 5, 2, 12, tzinfo=UTC)
     assert any("ACTIVE at 192.5.87.10" in line for line in lines)
 
 
@@ -1108,7 +1108,7 @@ def test_ssh_repository_needs_an_agent_before_anything_is_created(requests_mock,
 def teardown_store(local_openstack, tmp_path):
     """The secrets store of tmp_path/wd; what it holds at the end is deleted at the local
     Keystone, whatever the test left."""
-    from replab.credentials import SecretsStore
+    from replab.secretsstore import SecretsStore
     from tests.fixtures_openstack import removed_afterwards
 
     store = SecretsStore(tmp_path / "wd")
@@ -1135,14 +1135,15 @@ def test_teardown_of_a_kvm_lab_deletes_everything_and_the_credentials(
     rc.provision(cfg, clients.blazar, clients.conn, state=rc.State.load(cfg.workdir),
                  public_key=KEY, now=NOW, clock=clock, sleep=clock.sleep)
     api.assert_calls()
-    auth = credentials.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
+    auth = keystonelogin.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
     store = teardown_store
     expires = NOW.replace(year=2099)
-    credentials.ensure_application_credential(auth, unique_name("replab-teardown-test"),
-                                              expires, store)
-    credentials.ensure_ec2_credential(auth, store)
+    keystonecredentials.ensure_application_credential(auth, unique_name("replab-teardown-test"),
+                                                      expires, store)
+    keystonecredentials.ensure_ec2_credential(auth, store)
     app = store.credentials()["application_credential"]
-    assert credentials.app_credential_works(local_openstack.auth_url, app["id"], app["secret"])
+    assert keystonecredentials.app_credential_works(local_openstack.auth_url, app["id"],
+                                                    app["secret"])
 
     api.reset()
     api.expect("DELETE", "compute", f"/servers/{SERVER}", status=204)
@@ -1157,8 +1158,8 @@ def test_teardown_of_a_kvm_lab_deletes_everything_and_the_credentials(
     assert {d.split()[0] for d in done.deleted} >= {"server", "lease", "security_group",
                                                     "keypair", "application", "EC2"}
     assert store.credentials().keys().isdisjoint({"application_credential", "ec2"})
-    assert not credentials.app_credential_works(local_openstack.auth_url, app["id"],
-                                                app["secret"])
+    assert not keystonecredentials.app_credential_works(local_openstack.auth_url, app["id"],
+                                                        app["secret"])
     assert rc.State.load(cfg.workdir).live() == {}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from replab import cloud as rc
-from replab import config, credentials, hubtoken, sites
+from replab import config, hubtoken, keystonelogin, sites
 from replab.errors import CloudError, ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK50Warning")
@@ -201,7 +201,7 @@ def test_defect1_stale_jupyterhub_token_is_refreshed_near_expiry(requests_mock):
                                                   "expires_at": now[0] + 3600}}},
         {"json": {"name": "alice", "auth_state": {"access_token": "fresh-2",
                                                   "expires_at": now[0] + 7200}}}])
-    plugin, desc = credentials._jupyterhub_plugin(IDENTITY, _hub_env(), clock=lambda: now[0])
+    plugin, desc = keystonelogin._jupyterhub_plugin(IDENTITY, _hub_env(), clock=lambda: now[0])
     assert "refreshed through the hub" in desc
     assert plugin.access_token == "fresh-1"
     assert plugin.access_token == "fresh-1"  # still valid: no second call
@@ -218,7 +218,7 @@ def test_defect1_stale_jupyterhub_token_is_refreshed_near_expiry(requests_mock):
                        json=_token())
     requests_mock.post(IDENTITY + "/auth/tokens", status_code=201,
                        headers={"X-Subject-Token": "scoped"}, json=_token())
-    plugin, _ = credentials._jupyterhub_plugin(IDENTITY, _hub_env(), clock=lambda: now[0])
+    plugin, _ = keystonelogin._jupyterhub_plugin(IDENTITY, _hub_env(), clock=lambda: now[0])
     requests_mock.get(f"{HUB}/users/alice", json={"auth_state": {
         "access_token": "fresh-3", "expires_at": now[0] + 3600}})
     session.Session(auth=plugin).get_token()
@@ -229,7 +229,7 @@ def test_defect1_stale_jupyterhub_token_is_refreshed_near_expiry(requests_mock):
 
 def test_defect1_hub_unreachable_falls_back_to_the_environment_token(requests_mock, caplog):
     requests_mock.get(f"{HUB}/users/alice", status_code=503)
-    plugin, _ = credentials._jupyterhub_plugin(IDENTITY, _hub_env())
+    plugin, _ = keystonelogin._jupyterhub_plugin(IDENTITY, _hub_env())
     assert plugin.access_token == "stale-token-from-server-start"
     assert "stale-token" not in caplog.text and "hub-api-token" not in caplog.text
     assert hubtoken.REFRESH_THRESHOLD == 60.0  # python-chi's threshold

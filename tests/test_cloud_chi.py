@@ -16,7 +16,7 @@ import json
 import pytest
 
 from replab import cloud as rc
-from replab import credentials, provisioning, sites
+from replab import keystonelogin, provisioning, sites
 from replab.cloud import python_chi
 from replab.errors import CloudError, ConfigError
 from tests.test_cloud_audit import (
@@ -104,14 +104,14 @@ def test_the_projects_set_in_chi_context_scopes_replabs_authentication(chi_conte
                        headers={"X-Subject-Token": "scoped"}, json=_token())
     env = {"OS_ACCESS_TOKEN": "oidc-token", "OS_PROJECT_ID": "the-hubs-project-id"}
 
-    auth = credentials.authenticate(IDENTITY, env=env, chi=python_chi.current())
+    auth = keystonelogin.authenticate(IDENTITY, env=env, chi=python_chi.current())
 
     assert auth.source == "jupyterhub"
     scoped = json.loads(requests_mock.request_history[-1].body)["auth"]
     assert scoped["scope"] == {"project": {"name": "CHI-123456",
                                            "domain": {"name": "chameleon"}}}
     # without the context, the hub's project id scopes it
-    credentials.authenticate(IDENTITY, env=env, chi=False)
+    keystonelogin.authenticate(IDENTITY, env=env, chi=False)
     scoped = json.loads(requests_mock.request_history[-1].body)["auth"]
     assert scoped["scope"] == {"project": {"id": "the-hubs-project-id"}}
 
@@ -123,8 +123,8 @@ def test_a_context_that_does_not_authenticate_is_named_among_the_sources_tried(
         "code": 401, "title": "Unauthorized", "message": "The request you have made "
         "requires authentication."}})
     with pytest.raises(CloudError) as err:
-        credentials.authenticate(IDENTITY, env={}, chi=python_chi.current(),
-                                 clouds_file=str(tmp_path / "clouds.yaml"))
+        keystonelogin.authenticate(IDENTITY, env={}, chi=python_chi.current(),
+                                   clouds_file=str(tmp_path / "clouds.yaml"))
     first = str(err.value).splitlines()[1]
     assert first.startswith("  - python-chi: python-chi's context (chi.context.session(), "
                             "v3token)") and "did not authenticate" in first
@@ -143,7 +143,7 @@ def test_the_session_of_chi_context_is_the_one_replab_uses(chi_context, local_op
         chi_context.set(key, value)
     ctx = python_chi.current()
 
-    auth = credentials.authenticate(stack.auth_url, env={}, chi=ctx)
+    auth = keystonelogin.authenticate(stack.auth_url, env={}, chi=ctx)
 
     assert auth.source == "python-chi"
     assert auth.session is chi_context.session().session  # the Adapter's own Session

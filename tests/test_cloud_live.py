@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from replab import cloud as rc
-from replab import config, credentials, lab, provisioning, remote, replay, sites
+from replab import config, credentials, keystonelogin, lab, provisioning, remote, replay, sites
 from replab.errors import CloudError
 from replab.lab import schedule, server
 
@@ -58,7 +58,7 @@ def credentials_problem(site: sites.Site) -> str | None:
     problems = []
     for name in dict.fromkeys([site.name, site.storage_site]):
         keystone = sites.get_site(name).auth_url
-        tried = [(source, *make()) for source, make in credentials.sources(keystone)]
+        tried = [(source, *make()) for source, make in keystonelogin.sources(keystone)]
         if not any(plugin is not None for _source, plugin, _why in tried):
             problems.append(f"{name} ({keystone}): " + "; ".join(
                 f"{source}: {why}" for source, _plugin, why in tried))

@@ -8,9 +8,9 @@ import uuid
 import pytest
 import yaml
 
-from replab import config, credentials
-from replab.credentials import SecretsStore
+from replab import config, credentials, keystonecredentials, keystonelogin
 from replab.errors import CloudError, ConfigError
+from replab.secretsstore import SecretsStore
 from tests.fixtures_openstack import clouds_yaml, removed_afterwards, unique_name
 
 pytestmark = pytest.mark.services
@@ -34,7 +34,7 @@ def clouds(local_openstack, tmp_path):
 
 @pytest.fixture
 def demo_auth(local_openstack, clouds):
-    return credentials.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
+    return keystonelogin.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
 
 
 @pytest.fixture
@@ -67,11 +67,11 @@ def test_sources_are_tried_in_order_and_failures_are_explained(local_openstack, 
     env = {"OS_ACCESS_TOKEN": "not-a-real-oidc-token", "OS_PROJECT_NAME": "demo",
            "OS_APPLICATION_CREDENTIAL_ID": "abc", "OS_APPLICATION_CREDENTIAL_SECRET": "x",
            "OS_AUTH_URL": "https://chi.tacc.chameleoncloud.org:5000/v3"}
-    auth = credentials.authenticate(local_openstack.auth_url, env=env, clouds_file=clouds)
+    auth = keystonelogin.authenticate(local_openstack.auth_url, env=env, clouds_file=clouds)
     assert auth.source == "clouds.yaml" and auth.user_id == local_openstack.demo.user_id
     with pytest.raises(CloudError) as err:
-        credentials.authenticate(local_openstack.auth_url, env=env,
-                                 clouds_file=str(clouds) + ".missing")
+        keystonelogin.authenticate(local_openstack.auth_url, env=env,
+                                   clouds_file=str(clouds) + ".missing")
     text = str(err.value)
     assert "jupyterhub: JupyterHub OIDC token" in text and "did not authenticate" in text
     assert "belong to one site" in text and "clouds.yaml" in text
@@ -79,29 +79,29 @@ def test_sources_are_tried_in_order_and_failures_are_explained(local_openstack, 
 
 
 def test_jupyterhub_source_builds_the_oidc_plugin():
-    plugin, desc = credentials._jupyterhub_plugin(
+    plugin, desc = keystonelogin._jupyterhub_plugin(
         "https://chi.uc.chameleoncloud.org:5000/v3",
         {"OS_ACCESS_TOKEN": "tok", "OS_PROJECT_NAME": "CHI-123"})
     assert type(plugin).__name__ == "OidcAccessToken"
     assert plugin.identity_provider == "chameleon" and plugin.protocol == "openid"
     assert "CHI-123" in desc
-    assert credentials._jupyterhub_plugin("u", {})[0] is None
+    assert keystonelogin._jupyterhub_plugin("u", {})[0] is None
 
 
 def test_application_and_ec2_credentials_are_created_once_then_reused(
         local_openstack, demo_auth, store):
     name = unique_name("replab-t1")
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
-    first = credentials.ensure_application_credential(demo_auth, name, expires, store)
+    first = keystonecredentials.ensure_application_credential(demo_auth, name, expires, store)
     saved = store.credentials()["application_credential"]
     assert first.action == "created" and saved["roles"] == ["member"]
     assert saved["unrestricted"] is False and saved["expires_at"].startswith(
         expires.strftime("%Y-%m-%dT%H:%M"))
-    second = credentials.ensure_application_credential(demo_auth, name, expires, store)
+    second = keystonecredentials.ensure_application_credential(demo_auth, name, expires, store)
     assert second.action == "reused" and store.credentials()["application_credential"][
         "id"] == saved["id"]
-    e1 = credentials.ensure_ec2_credential(demo_auth, store)
-    e2 = credentials.ensure_ec2_credential(demo_auth, store)
+    e1 = keystonecredentials.ensure_ec2_credential(demo_auth, store)
+    e2 = keystonecredentials.ensure_ec2_credential(demo_auth, store)
     assert (e1.action, e2.action) == ("created", "reused")
     assert saved["secret"] not in e1.detail + first.detail + second.detail
     _modes(store)
@@ -110,44 +110,44 @@ def test_application_and_ec2_credentials_are_created_once_then_reused(
         f"{local_openstack.auth_url}/users/{demo_auth.user_id}/application_credentials"
         f"?name={name}").json()["application_credentials"]
     assert [c["id"] for c in listed] == [saved["id"]] and listed[0]["unrestricted"] is False
-    credentials.delete_credentials(demo_auth, store)
+    keystonecredentials.delete_credentials(demo_auth, store)
 
 
 def test_deleted_or_tampered_credentials_are_rotated(local_openstack, demo_auth, store):
     name = unique_name("replab-t2")
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
-    credentials.ensure_application_credential(demo_auth, name, expires, store)
-    credentials.ensure_ec2_credential(demo_auth, store)
+    keystonecredentials.ensure_application_credential(demo_auth, name, expires, store)
+    keystonecredentials.ensure_ec2_credential(demo_auth, store)
     old = store.credentials()
     # deleted behind our back (e.g. in Horizon)
     demo_auth.session.delete(f"{local_openstack.auth_url}/users/{demo_auth.user_id}/"
                              f"application_credentials/{old['application_credential']['id']}")
     demo_auth.session.delete(f"{local_openstack.auth_url}/users/{demo_auth.user_id}/"
                              f"credentials/OS-EC2/{old['ec2']['access']}")
-    a = credentials.ensure_application_credential(demo_auth, name, expires, store)
-    e = credentials.ensure_ec2_credential(demo_auth, store)
+    a = keystonecredentials.ensure_application_credential(demo_auth, name, expires, store)
+    e = keystonecredentials.ensure_ec2_credential(demo_auth, store)
     new = store.credentials()
     assert a.action == "created" and e.action == "created"
     assert new["application_credential"]["id"] != old["application_credential"]["id"]
-    assert credentials.app_credential_works(local_openstack.auth_url,
-                                            new["application_credential"]["id"],
-                                            new["application_credential"]["secret"])
+    assert keystonecredentials.app_credential_works(local_openstack.auth_url,
+                                                    new["application_credential"]["id"],
+                                                    new["application_credential"]["secret"])
     # a wrong stored secret: the credential of that name is replaced, not duplicated
     new["application_credential"]["secret"] = "wrong-secret-value"
     store.save_credentials(new)
-    r = credentials.ensure_application_credential(demo_auth, name, expires, store)
+    r = keystonecredentials.ensure_application_credential(demo_auth, name, expires, store)
     assert r.action == "replaced"
     # a longer lease than the stored credential covers: replaced too
-    r = credentials.ensure_application_credential(
+    r = keystonecredentials.ensure_application_credential(
         demo_auth, name, expires + dt.timedelta(days=3), store)
     assert r.action == "replaced"
     listed = demo_auth.session.get(
         f"{local_openstack.auth_url}/users/{demo_auth.user_id}/application_credentials"
         f"?name={name}").json()["application_credentials"]
     assert len(listed) == 1
-    out = credentials.delete_credentials(demo_auth, store)
+    out = keystonecredentials.delete_credentials(demo_auth, store)
     assert [o.action for o in out] == ["deleted", "deleted"]
-    assert credentials.delete_credentials(demo_auth, store)[0].action == "none"
+    assert keystonecredentials.delete_credentials(demo_auth, store)[0].action == "none"
 
 
 def test_without_the_member_role_the_credential_warns_it_has_every_role(
@@ -168,17 +168,17 @@ def test_without_the_member_role_the_credential_warns_it_has_every_role(
             "auth_url": local_openstack.auth_url, "username": user.name,
             "password": password, "project_name": demo.project,
             "user_domain_name": "Default", "project_domain_name": "Default"}}}}))
-        auth = credentials.authenticate(local_openstack.auth_url, env={},
-                                        clouds_file=str(login))
+        auth = keystonelogin.authenticate(local_openstack.auth_url, env={},
+                                          clouds_file=str(login))
         assert "member" not in auth.roles
-        out = credentials.ensure_application_credential(
+        out = keystonecredentials.ensure_application_credential(
             auth, unique_name("replab-reader"), dt.datetime.now(dt.timezone.utc)
             + dt.timedelta(days=1), store)
         saved = store.credentials()["application_credential"]
         assert out.action == "created" and sorted(saved["roles"]) == sorted(auth.roles)
         assert "WARNING" in out.detail and "'member' role" in out.detail
         assert "reader" in out.detail and saved["secret"] not in out.detail
-        credentials.delete_credentials(auth, store)
+        keystonecredentials.delete_credentials(auth, store)
     finally:
         admin.identity.delete_user(user, ignore_missing=True)
 
@@ -186,18 +186,18 @@ def test_without_the_member_role_the_credential_warns_it_has_every_role(
 def test_a_restricted_application_credential_cannot_mint_more_and_says_why(
         local_openstack, demo_auth, store, tmp_path):
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
-    credentials.ensure_application_credential(demo_auth, unique_name("replab-t3"), expires,
-                                              store)
+    keystonecredentials.ensure_application_credential(demo_auth, unique_name("replab-t3"), expires,
+                                                      store)
     app = store.credentials()["application_credential"]
     env = {"OS_APPLICATION_CREDENTIAL_ID": app["id"],
            "OS_APPLICATION_CREDENTIAL_SECRET": app["secret"],
            "OS_AUTH_URL": local_openstack.auth_url}
-    restricted = credentials.authenticate(local_openstack.auth_url, env=env)
+    restricted = keystonelogin.authenticate(local_openstack.auth_url, env=env)
     assert restricted.source == "environment" and restricted.is_application_credential
     with pytest.raises(CloudError, match="unrestricted") as err:
-        credentials.ensure_ec2_credential(restricted, SecretsStore(tmp_path / "other"))
+        keystonecredentials.ensure_ec2_credential(restricted, SecretsStore(tmp_path / "other"))
     assert app["secret"] not in str(err.value)
-    credentials.delete_credentials(demo_auth, store)
+    keystonecredentials.delete_credentials(demo_auth, store)
 
 
 def test_setup_twice_creates_nothing_new_and_verifies(local_openstack, clouds, chi_cfg):
@@ -226,8 +226,8 @@ def test_setup_twice_creates_nothing_new_and_verifies(local_openstack, clouds, c
     for secret in (data["ec2"]["secret"], data["application_credential"]["secret"],
                    data["lab"]["jupyter_token"], data["lab"]["mlflow_password"]):
         assert secret not in shown
-    auth = credentials.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
-    credentials.delete_credentials(auth, store)
+    auth = keystonelogin.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
+    keystonecredentials.delete_credentials(auth, store)
     with pytest.raises(CloudError, match="does not authenticate"):
         store.save_credentials({**data, "ec2": None})
         credentials.verify(cfg, store)
@@ -246,8 +246,8 @@ def test_verify_reports_a_wrong_ec2_secret(local_openstack, clouds, chi_cfg):
     assert real not in str(err.value)
     data["ec2"]["secret"] = real
     store.save_credentials(data)
-    auth = credentials.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
-    credentials.delete_credentials(auth, store)
+    auth = keystonelogin.authenticate(local_openstack.auth_url, env={}, clouds_file=clouds)
+    keystonecredentials.delete_credentials(auth, store)
 
 
 def test_local_site_makes_lab_secrets_and_bucket_directories(tmp_path):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from replab import config, credentials
+from replab import config, keystonecredentials, keystonelogin, secretsstore
 from tests.fixtures_openstack import clouds_yaml, removed_afterwards, unique_name
 from tests.notebooks import execute, outputs_text
 
@@ -19,7 +19,7 @@ def experiment(local_openstack, tmp_path):
     cfg = config.build({"experiment": name, "frameworks": ["sklearn"], "site": "CHI@UC"})
     with removed_afterwards(
             local_openstack, app_credentials=(cfg.names["application_credential"],),
-            stores=(credentials.SecretsStore(tmp_path / "wd"),),
+            stores=(secretsstore.SecretsStore(tmp_path / "wd"),),
             containers=(cfg.buckets.data, cfg.buckets.artifacts, cfg.buckets.backups)):
         yield name
 
@@ -46,7 +46,7 @@ def test_notebook_creates_credentials_and_leaks_no_secret(local_openstack, exper
     again = outputs_text(out2)
     assert "application credential: reused" in again and "EC2 credential: reused" in again
 
-    store = credentials.SecretsStore(wd)
+    store = secretsstore.SecretsStore(wd)
     data = store.credentials()
     planted = [data["application_credential"]["secret"], data["ec2"]["secret"],
                data["lab"]["jupyter_token"], data["lab"]["mlflow_password"], d.password]
@@ -60,6 +60,6 @@ def test_notebook_creates_credentials_and_leaks_no_secret(local_openstack, exper
     assert scanned >= 5  # config, params, README, 3 executed notebooks
     assert json.loads(out1.read_text())["cells"]  # the executed notebook is kept
 
-    auth = credentials.authenticate(local_openstack.auth_url, env={}, cloud="chi",
-                                    clouds_file=str(clouds))
-    credentials.delete_credentials(auth, store)
+    auth = keystonelogin.authenticate(local_openstack.auth_url, env={}, cloud="chi",
+                                      clouds_file=str(clouds))
+    keystonecredentials.delete_credentials(auth, store)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from replab import config, credentials
+from replab import config, credentials, secretsstore
 from replab.errors import ConfigError
 
 NOWHERE = "http://127.0.0.1:9/v3"  # the discard port: nothing answers, nothing is created
@@ -27,7 +27,7 @@ def test_a_storage_site_without_s3_is_refused_before_any_credential(tmp_path):
     with pytest.raises(ConfigError, match="s3_endpoint") as err:
         credentials.setup(cfg, env=ENV, do_verify=False)
     assert "KVM@TACC" in str(err.value)
-    store = credentials.SecretsStore(cfg.workdir)
+    store = secretsstore.SecretsStore(cfg.workdir)
     held = json.loads(store.path(store.CREDENTIALS).read_text()) if store.path(
         store.CREDENTIALS).exists() else {}
     assert "application_credential" not in held and "ec2" not in held

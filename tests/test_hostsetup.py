@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from replab import config, hostsetup, rclone, remote
-from replab.credentials import SecretsStore
 from replab.errors import CloudError, ConfigError
 from replab.lab import backup, schedule, server
 from replab.lab.compose import HostPaths
+from replab.secretsstore import SecretsStore
 from tests.conftest import basic
 from tests.gitrepo import git, make_repo
 from tests.goldens import checker

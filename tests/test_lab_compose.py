@@ -359,7 +359,7 @@ def test_unsafe_env_value_is_refused_without_showing_it():
 
 
 def test_write_compose_reads_the_secrets_store(tmp_path):
-    from replab.credentials import SecretsStore
+    from replab.secretsstore import SecretsStore
 
     cfg = cfg_of(workdir=str(tmp_path / "work"))
     store = SecretsStore(cfg.workdir)

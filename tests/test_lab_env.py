@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from replab import config, credentials, lab
+from replab import config, credentials, lab, secretsstore
 from replab.lab import environment, local
 from tests.lab_support import lab_workdir, need_postgres, token
 
@@ -54,7 +54,7 @@ def lab_config(workdir: Path, backend: str, **lab_options):
     cfg = config.build(raw)
     config.save(cfg)
     credentials.setup(cfg)
-    store = credentials.SecretsStore(cfg.workdir)
+    store = secretsstore.SecretsStore(cfg.workdir)
     store.write(store.LAB_ENV, store.read(store.LAB_ENV) + f"HF_TOKEN={HF}\nGH_TOKEN={GH}\n")
     return cfg
 

@@ -1,6 +1,7 @@
 """The lab's own secrets store: tokens for the lab's tools come from the caller's environment."""
 
-from replab.credentials import SecretsStore, ensure_lab_secrets
+from replab.credentials import ensure_lab_secrets
+from replab.secretsstore import SecretsStore
 
 
 def test_github_token_is_taken_when_gh_token_is_unset(tmp_path):

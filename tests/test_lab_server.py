@@ -32,7 +32,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from replab import config, credentials, hostsetup, remote, s3client, storage
+from replab import (
+    clientfiles,
+    config,
+    credentials,
+    hostsetup,
+    remote,
+    s3client,
+    secretsstore,
+    storage,
+)
 from replab.errors import ConfigError
 from replab.lab import backup, compose, server
 from tests import docker_support
@@ -156,12 +165,12 @@ def test_launch_remote_over_ssh_with_docker(docker_host, ssh_server, local_opens
                         "node_type": "compute_skylake", "workdir": str(tmp_path / "work"),
                         "endpoints": {"s3_endpoint": forward.endpoint}})
     # the secrets 1_create_credentials leaves: lab secrets, EC2 keys, lab.env
-    store = credentials.SecretsStore(cfg.workdir)
+    store = secretsstore.SecretsStore(cfg.workdir)
     credentials.ensure_lab_secrets(store, env={})
     data = store.credentials()
     data["ec2"] = {"access": ec2["access"], "secret": ec2["secret"]}
     store.save_credentials(data)
-    credentials.write_client_files(cfg, store)
+    clientfiles.write_client_files(cfg, store)
     token = store.lab_env()["JUPYTER_TOKEN"]
     s3 = s3client.s3_client(stack.s3_endpoint, ec2["access"], ec2["secret"])
     storage.ensure_buckets(s3, [cfg.buckets.artifacts, cfg.buckets.backups])

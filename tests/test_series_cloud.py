@@ -61,7 +61,7 @@ import pytest
 import yaml
 
 from replab import cloud as rc
-from replab import config, credentials, hostsetup, verdict
+from replab import config, hostsetup, secretsstore, verdict
 from replab.errors import CloudError
 from replab.lab.compose import HostPaths
 from tests import docker_support
@@ -156,7 +156,7 @@ def test_series_provisions_on_the_local_cloud_launches_the_lab_replays_and_tears
     names = config.build({"experiment": experiment, "frameworks": ["sklearn"],
                           "site": "CHI@UC"}).names
     admin = local_cloud.clients("admin")
-    store = credentials.SecretsStore(wd)
+    store = secretsstore.SecretsStore(wd)
     env = docker_env(docker_host)
     assert docker_host == engine_host()  # the engine fip_sshd's sessions are given
     project = names["lab"].lower()  # the label compose v1 puts on the lab's containers
@@ -269,7 +269,7 @@ def _series(experiment, wd, home, sysroot, clouds, local_cloud, local_openstack,
         f"-L {ports['mlflow']}:127.0.0.1:{ports['mlflow']} root@{address}")
     assert info["tunnel"] in shown and "the lab is up on" in shown
     assert "build (the first build" not in shown  # build=False: the images as they are
-    secrets = [store_lab_token(wd), *credentials.SecretsStore(wd).credentials()["ec2"].values()]
+    secrets = [store_lab_token(wd), *secretsstore.SecretsStore(wd).credentials()["ec2"].values()]
     for secret in secrets:
         assert secret not in lab_json and secret not in shown
     assert http().get(f"{mlflow_url}/health", timeout=10).text == "OK"
@@ -318,7 +318,7 @@ def _series(experiment, wd, home, sysroot, clouds, local_cloud, local_openstack,
 
 
 def store_lab_token(wd: Path) -> str:
-    return credentials.SecretsStore(wd).lab_env()["JUPYTER_TOKEN"]
+    return secretsstore.SecretsStore(wd).lab_env()["JUPYTER_TOKEN"]
 
 
 def _stop_the_lab(project: str, env: dict) -> None:
@@ -332,7 +332,7 @@ def _stop_the_lab(project: str, env: dict) -> None:
 
 
 def store_text(wd: Path) -> str:
-    return credentials.SecretsStore(wd).read(credentials.SecretsStore.RCLONE) or ""
+    return secretsstore.SecretsStore(wd).read(secretsstore.SecretsStore.RCLONE) or ""
 
 
 def _assert_nothing_left(cfg, state, address, local_cloud, local_openstack, admin, wd):
@@ -350,7 +350,7 @@ def _assert_nothing_left(cfg, state, address, local_cloud, local_openstack, admi
     live = rc.State.load(wd).live()
     assert not live, live
     # the storage site: credentials and buckets gone
-    assert credentials.SecretsStore(wd).credentials().get("ec2") is None
+    assert secretsstore.SecretsStore(wd).credentials().get("ec2") is None
     from tests.fixtures_openstack import demo_connection
 
     conn = demo_connection(local_openstack)

@@ -293,7 +293,7 @@ def creds(local_openstack: LocalOpenStack) -> Iterator[dict]:
 @pytest.fixture(scope="module")
 def s3(creds):
     return s3client.s3_client(creds["stack"].s3_endpoint, creds["access"], creds["secret"],
-                             creds["stack"].s3_region)
+                              creds["stack"].s3_region)
 
 
 @pytest.fixture
@@ -361,7 +361,7 @@ def test_multipart_upload_round_trips(s3, bucket, tmp_path):
     etag = s3.head_object(Bucket=bucket, Key="models/big.bin")["ETag"]
     assert etag.strip('"').endswith("-3"), etag  # 3 parts: 5 + 5 + 2 MiB
     assert transfers.download(s3, bucket, "models/big.bin", tmp_path / "back.bin",
-                            part_size=5 * MiB) == (1, 12 * MiB)
+                              part_size=5 * MiB) == (1, 12 * MiB)
     assert (tmp_path / "back.bin").read_bytes() == big.read_bytes()
     with pytest.raises(ConfigError, match="below S3's minimum"):
         transfers.upload(s3, bucket, big, part_size=MiB)
@@ -414,7 +414,7 @@ def test_wrong_secret_is_a_cloud_error_that_hides_the_secret(creds, caplog):
 @pytest.mark.services
 def test_unreachable_endpoint_is_a_cloud_error(creds):
     dead = s3client.s3_client("http://127.0.0.1:9", creds["access"], creds["secret"],
-                             max_attempts=1, connect_timeout=2)
+                              max_attempts=1, connect_timeout=2)
     with pytest.raises(CloudError, match="cannot reach the object store") as err:
         storage.ensure_bucket(dead, "replab-any")
     assert err.value.request == "GET http://127.0.0.1:9/replab-any"
@@ -445,7 +445,7 @@ def test_upload_and_download_a_directory_with_progress(s3, bucket, tmp_path):
 
     calls: list[tuple[int, int, str]] = []
     got = transfers.upload(s3, bucket, src, key="runs/1",
-                         progress=lambda *a: calls.append(a), part_size=5 * MiB)
+                           progress=lambda *a: calls.append(a), part_size=5 * MiB)
     assert got == (4, total)
     assert {c[1] for c in calls} == {total}
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)  # never goes back
@@ -457,7 +457,7 @@ def test_upload_and_download_a_directory_with_progress(s3, bucket, tmp_path):
     calls.clear()
     dest = tmp_path / "back"
     assert transfers.download(s3, bucket, "runs/1", dest,
-                            progress=lambda *a: calls.append(a)) == (4, total)
+                              progress=lambda *a: calls.append(a)) == (4, total)
     assert calls[-1][:2] == (total, total) and {c[1] for c in calls} == {total}
     for rel, data in files.items():
         assert (dest / rel).read_bytes() == data

@@ -8,9 +8,9 @@ import os
 import shutil
 from pathlib import Path
 
-from ..credentials import SecretsStore
 from ..errors import ConfigError
 from ..s3client import S3Error, s3_client
+from ..secretsstore import SecretsStore
 from ..storage import delete_object, list_objects
 from ..transfers import download, upload
 

@@ -488,7 +488,7 @@ def write_compose(cfg, directory: str | os.PathLike, *, env: Mapping[str, str] |
     Raises ConfigError when a required secret is missing or unusable.
     """
     if env is None:
-        from ..credentials import SecretsStore
+        from ..secretsstore import SecretsStore
 
         env = SecretsStore(cfg.workdir).lab_env()
     spec = build_compose(cfg, image_tag=image_tag, host_paths=host_paths)

@@ -48,8 +48,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..credentials import S3_REGION, SecretsStore
 from ..errors import ConfigError, ResourceTimeout
+from ..s3client import S3_REGION
+from ..secretsstore import SecretsStore
 from . import backupstore, localpg, localstate, supervisor
 from .backupstore import BackupInfo
 from .database import Database

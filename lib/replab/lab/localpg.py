@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..credentials import SecretsStore
 from ..errors import ConfigError
+from ..secretsstore import SecretsStore
 from .database import Database
 from .environment import service_env
 from .supervisor import ServiceFailed, now, say, spawn, wait_ready

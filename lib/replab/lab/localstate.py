@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..credentials import SecretsStore
 from ..errors import ResourceTimeout
+from ..secretsstore import SecretsStore
 from .supervisor import now
 
 log = logging.getLogger(__name__)
