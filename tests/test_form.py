@@ -2,7 +2,7 @@
 
 import pytest
 
-from replab import config, form
+from replab import config, configfields, form
 
 pytest.importorskip("ipywidgets")
 
@@ -52,10 +52,11 @@ def test_advanced_lease_zero_is_the_site_default_not_one_hour(tmp_path):
     f = form.ConfigForm({"workdir": str(tmp_path), "lease_hours": 0, "experiment": "lease"})
     f.mode.value = "Advanced"
     assert f.fields["lease_hours"].value == 0
-    assert f.fields["lease_hours"].description == f"Lease (h, 0: {config.DEFAULT_LEASE_HOURS})"
+    hours = configfields.DEFAULT_LEASE_HOURS
+    assert f.fields["lease_hours"].description == f"Lease (h, 0: {hours})"
     cfg = f.save()
-    assert cfg.lease_hours == config.DEFAULT_LEASE_HOURS
-    assert config.load(tmp_path).lease_hours == config.DEFAULT_LEASE_HOURS
+    assert cfg.lease_hours == configfields.DEFAULT_LEASE_HOURS
+    assert config.load(tmp_path).lease_hours == configfields.DEFAULT_LEASE_HOURS
 
 
 def test_save_shows_every_problem_in_the_form_and_writes_nothing(tmp_path, capsys):

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from replab import config, sites
+from replab import config, configfields, sites
 from replab.errors import ConfigError
 from replab.lab import compose
 from tests.goldens import checker
@@ -91,8 +91,8 @@ def test_compose_matches_golden_file_and_schema(case, validator):
 
 
 def test_every_framework_vendor_and_backend_combination_validates(validator):
-    for n in range(1, len(config.FRAMEWORKS) + 1):
-        for fw in itertools.combinations(config.FRAMEWORKS, n):
+    for n in range(1, len(configfields.FRAMEWORKS) + 1):
+        for fw in itertools.combinations(configfields.FRAMEWORKS, n):
             for extra in (dict(node_type="compute_skylake"), dict(),
                           dict(site="CHI@TACC", node_type="gpu_mi100"),
                           dict(cuda_major=11, lab={"mlflow_backend": "postgresql",
@@ -303,8 +303,8 @@ def test_gpu_access_by_vendor():
 
 
 def test_every_service_runs_without_new_privileges_and_default_seccomp():
-    for n in range(1, len(config.FRAMEWORKS) + 1):
-        for fw in itertools.combinations(config.FRAMEWORKS, n):
+    for n in range(1, len(configfields.FRAMEWORKS) + 1):
+        for fw in itertools.combinations(configfields.FRAMEWORKS, n):
             for extra in (dict(node_type="compute_skylake"), dict(),
                           dict(site="CHI@TACC", node_type="gpu_mi100"),
                           dict(lab={"mlflow_backend": "postgresql"})):
@@ -380,11 +380,11 @@ def test_write_compose_logs_no_secret(tmp_path, caplog):
 # -- images ----------------------------------------------------------------------------------
 def accepted_combinations():
     """Every (frameworks, gpu_vendor, cuda_major) the config accepts."""
-    fw_sets = [fw for n in range(1, len(config.FRAMEWORKS) + 1)
-               for fw in itertools.combinations(config.FRAMEWORKS, n)]
+    fw_sets = [fw for n in range(1, len(configfields.FRAMEWORKS) + 1)
+               for fw in itertools.combinations(configfields.FRAMEWORKS, n)]
     for fw in fw_sets:
         for vendor in sites.GPU_VENDORS:
-            for cuda in (config.CUDA_MAJORS if vendor == "nvidia" else (None,)):
+            for cuda in (configfields.CUDA_MAJORS if vendor == "nvidia" else (None,)):
                 yield fw, vendor, cuda
 
 

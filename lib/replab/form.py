@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import config as config_mod
-from . import sites
+from . import configfields, sites
 from .errors import ConfigError, ReplabError
 
 _NONE = ""  # dropdown value meaning "the site's default"
@@ -66,7 +66,7 @@ class ConfigForm:
             "repository": text("Repository", init.get("repository", ""),
                                "https://github.com/you/project.git"),
             "frameworks": w.SelectMultiple(
-                options=config_mod.FRAMEWORKS, description="Frameworks",
+                options=configfields.FRAMEWORKS, description="Frameworks",
                 value=tuple(_as_list(init.get("frameworks", ["pytorch"])))),
             "site": w.Dropdown(options=sites.SITE_NAMES, description="Site",
                                value=init.get("site", "CHI@TACC")),
@@ -77,7 +77,7 @@ class ConfigForm:
             "flavor": w.Dropdown(options=[_NONE], description="Flavor"),
             "image": w.Dropdown(options=[_NONE, *sites.IMAGES], description="Image",
                                 value=init.get("image", _NONE)),
-            "cuda_major": w.Dropdown(options=[_NONE, *map(str, config_mod.CUDA_MAJORS)],
+            "cuda_major": w.Dropdown(options=[_NONE, *map(str, configfields.CUDA_MAJORS)],
                                      description="CUDA major",
                                      value=str(init.get("cuda_major") or _NONE)),
             "storage_site": w.Dropdown(options=["auto", *sites.STORAGE_SITES],
@@ -89,7 +89,7 @@ class ConfigForm:
                                      description="Lease (h)"),
             "lease_start": text("Lease start", init.get("lease_start", "now"),
                                 "now or 2026-12-01 09:00"),
-            "mlflow_backend": w.Dropdown(options=config_mod.MLFLOW_BACKENDS,
+            "mlflow_backend": w.Dropdown(options=configfields.MLFLOW_BACKENDS,
                                          description="MLflow DB",
                                          value=init.get("mlflow_backend", "sqlite")),
             "huggingface": w.Checkbox(description="Hugging Face token",
@@ -158,7 +158,7 @@ class ConfigForm:
         for key, widget in self.fields.items():
             widget.layout.display = None if shows.get(key, True) else "none"
         lease = self.fields["lease_hours"]
-        lease.description = (f"Lease (h, 0: {config_mod.DEFAULT_LEASE_HOURS})"
+        lease.description = (f"Lease (h, 0: {configfields.DEFAULT_LEASE_HOURS})"
                              if site.max_lease_hours is not None else "Lease (h)")
 
     def _label_defaults(self) -> None:
