@@ -123,11 +123,6 @@ _registry_lock = threading.Lock()
 _hooked = False
 
 
-def recording(run_id: str) -> Recorder | None:
-    """The recorder of ``run_id`` in this process, if one is recording."""
-    return _recorders.get(run_id)
-
-
 def start(run_id: str) -> Recorder:
     """Record every point this process logs to ``run_id`` from now on (MLflow's tracking
     client hooked once per process). Several holders may share a run's recorder (``replab
@@ -147,14 +142,9 @@ def finish(run_id: str, client: Any, combine: bool = True) -> bool:
     ``client`` (an ``MlflowClient``), merged with one another process uploaded before
     (``combine``). True when a snapshot was uploaded. Never raises: failures are warned
     about (the run is then read from the server)."""
-    with _registry_lock:
-        rec = _recorders.get(run_id)
-        if rec is None or rec.pid != os.getpid():
-            return False
-        rec.holders -= 1
-        if rec.holders > 0:
-            return False
-        del _recorders[run_id]
+    rec = _let_go(run_id)
+    if rec is None:
+        return False
     try:
         snapshot = rec.snapshot()
         handoff = _handoffs.pop(run_id, None)
@@ -167,6 +157,20 @@ def finish(run_id: str, client: Any, combine: bool = True) -> bool:
         log.warning("could not upload the metrics snapshot of run %s (%s): its metrics "
                     "will be read from the tracking server", run_id, exc)
         return False
+
+
+def _let_go(run_id: str) -> Recorder | None:
+    """Drop one hold on ``run_id``'s recorder in this process; the recorder when that was
+    the last one (it stops recording), else None."""
+    with _registry_lock:
+        rec = _recorders.get(run_id)
+        if rec is None or rec.pid != os.getpid():
+            return None
+        rec.holders -= 1
+        if rec.holders > 0:
+            return None
+        del _recorders[run_id]
+    return rec
 
 
 class Hold:
@@ -226,14 +230,12 @@ def start_for_process(run_id: str, handoff: str | None = None) -> None:
 
     def at_exit() -> None:
         if handoff:
-            rec = recording(run_id)
-            if claim is not None and not claim.released and rec is not None \
-                    and rec.holders == 1:
+            if not claim.released:
                 claim.released = True
-                _write_handoff(rec, handoff)
-                with _registry_lock:
-                    _recorders.pop(run_id, None)
-                return
+                rec = _let_go(run_id)
+                if rec is not None:  # the last holder: no other code of this process ends it
+                    _write_handoff(rec, handoff)
+            return
         try:
             from mlflow.tracking import MlflowClient
 

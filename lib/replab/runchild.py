@@ -105,7 +105,8 @@ class Child:
 
     def cancel(self) -> None:
         """The run could not be made: an interpreter still held exits without running the
-        program; one already released is stopped. Waits for it."""
+        program; one already released is stopped. Waits for it. Nothing to do once
+        :meth:`wait` returned."""
         if self.proc is None:
             return
         if self._gate is not None:

@@ -120,7 +120,6 @@ def run_command(
             tags.update({tracking.TAG_SEED: seed, tracking.TAG_SEEDED: ""})
 
         def release(run: tracking.Run) -> None:
-            nonlocal released
             metricsnapshot.expect_handoff(run.run_id, str(snapshot_file))
             try:
                 child.release(_run_env(run))
@@ -128,9 +127,7 @@ def run_command(
                 run.end_status = "FAILED"
                 run.log_text(f"could not start {command[0]!r}: {exc}\n", STDERR)
                 raise
-            released = True
 
-        released = False
         try:
             # a held program is let go as soon as the run and its capture exist (the
             # capture's upload overlaps the program); another starts once all is recorded
@@ -157,8 +154,10 @@ def run_command(
                 run.log_metrics({"replab.exit_code": rc}, step=0)
                 _record_exit(run, rc)
         finally:
-            if not released:  # no run (server unreachable, Ctrl-C): the program never ran
-                child.cancel()
+            # no run (server unreachable, Ctrl-C): a held program never runs; one released
+            # but not waited for (the run failed after its capture) is stopped; after
+            # wait() this does nothing
+            child.cancel()
     return CommandResult(run.run_id, run.experiment_id, rc)
 
 

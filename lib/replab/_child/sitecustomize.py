@@ -60,16 +60,14 @@ def _replab_attach():
     if os.environ.get("REPLAB_AUTOLOG", "1") != "1":
         # --no-autolog: MLflow is loaded only if the program imports it (seconds saved for
         # one that does not); the attach happens then.
-        _report_seeded(_seed(os.environ.get("REPLAB_SEED")))
         sys.meta_path.insert(0, _AttachOnImport(run_id))
-        return
-    try:
-        import mlflow
-    except Exception as exc:  # mlflow missing in this interpreter: run untracked inside
-        print(f"replab: no autologging in the child ({exc})", file=sys.stderr)
-        _report_seeded(_seed(os.environ.get("REPLAB_SEED")))
-        return
-    _attach(mlflow, run_id, autolog=True)
+    else:
+        try:
+            import mlflow
+        except Exception as exc:  # mlflow missing in this interpreter: run untracked inside
+            print(f"replab: no autologging in the child ({exc})", file=sys.stderr)
+        else:
+            _attach(mlflow, run_id, autolog=True)
     _report_seeded(_seed(os.environ.get("REPLAB_SEED")))
 
 
